@@ -1,0 +1,253 @@
+"""DQN (Mnih et al., 2015) on CartPole-v1: experience replay, a target network, a Huber TD loss.
+
+    python cartpole_dqn.py                          # train, then evaluate greedily
+    python cartpole_dqn.py --eval-checkpoint runs/<run>/checkpoint.pt
+    python cartpole_dqn.py --help
+"""
+import json
+import os
+from collections import deque
+from dataclasses import asdict, dataclass
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from common.checkpoint import load_checkpoint, save_checkpoint
+from common.metrics import MetricsWriter
+from common.utils import Progress, make_run_dir, parse_args, pick_device, seed_everything
+from common.video import VideoWriter
+
+
+@dataclass
+class Args:
+    env_id: str = "CartPole-v1"
+    """gymnasium environment id (discrete actions, vector observations)"""
+    total_steps: int = 30_000
+    """total environment steps to train for"""
+    seed: int = 1
+    """seed of the environment, the network and the replay sampling"""
+    cuda: bool = True
+    """use CUDA when it is available"""
+    runs_dir: str = "runs"
+    """where the run directory <env>__<script>__<seed>__<timestamp> is created"""
+    capture_video: bool = False
+    """record the first greedy evaluation episode to <run>/videos/eval.mp4"""
+    save_model: bool = False
+    """save <run>/checkpoint.pt at the end of training"""
+    eval_episodes: int = 10
+    """greedy evaluation episodes after training (or with --eval-checkpoint)"""
+    eval_checkpoint: str | None = None
+    """skip training: load this checkpoint, play greedily, print the returns, record a video"""
+    resume: str | None = None
+    """continue training from this checkpoint (network, optimizer and step count)"""
+    log_interval: int = 1_000
+    """env steps between progress lines and `log` rows in metrics.csv"""
+
+    learning_rate: float = 1e-3
+    """Adam learning rate"""
+    buffer_size: int = 50_000
+    """replay buffer capacity (transitions)"""
+    batch_size: int = 128
+    """transitions per gradient step"""
+    gamma: float = 0.99
+    """discount factor"""
+    target_update_interval: int = 500
+    """env steps between copies of the online network into the target network"""
+    start_epsilon: float = 1.0
+    """exploration probability at the start"""
+    end_epsilon: float = 0.01
+    """exploration probability after `exploration_steps`"""
+    exploration_steps: int = 10_000
+    """env steps over which epsilon decays linearly"""
+    learning_starts: int = 1_000
+    """transitions collected before the first gradient step"""
+    train_frequency: int = 1
+    """env steps per gradient step"""
+    max_grad_norm: float = 10.0
+    """gradient clipping by global norm"""
+    hidden_size: int = 128
+    """units in each of the two hidden layers"""
+
+    def __post_init__(self):
+        for name in ("total_steps", "buffer_size", "batch_size", "target_update_interval",
+                     "train_frequency", "log_interval", "hidden_size", "exploration_steps"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.eval_episodes < 0 or self.learning_rate <= 0 or not 0 <= self.gamma <= 1:
+            raise ValueError("--eval-episodes must be >= 0, --learning-rate > 0, 0 <= --gamma <= 1")
+        if self.batch_size > self.buffer_size:
+            raise ValueError("--batch-size cannot exceed --buffer-size")
+        for path in (self.eval_checkpoint, self.resume):
+            if path is not None and not os.path.isfile(path):
+                raise ValueError(f"checkpoint not found: {path}")
+
+
+class ReplayBuffer:
+    """Preallocated circular buffer of transitions; the oldest are overwritten once it is full."""
+
+    def __init__(self, capacity: int, obs_shape, seed: int):
+        self.obs = np.zeros((capacity, *obs_shape), dtype=np.float32)
+        self.next_obs = np.zeros((capacity, *obs_shape), dtype=np.float32)
+        self.actions = np.zeros(capacity, dtype=np.int64)
+        self.rewards = np.zeros(capacity, dtype=np.float32)
+        # Only termination is stored: a truncated transition must still bootstrap from next_obs.
+        self.terminated = np.zeros(capacity, dtype=np.float32)
+        self.capacity, self.pos, self.size = capacity, 0, 0
+        self.rng = np.random.default_rng(seed)
+
+    def add(self, obs, action, reward, next_obs, terminated) -> None:
+        i = self.pos
+        self.obs[i], self.actions[i], self.rewards[i] = obs, action, reward
+        self.next_obs[i], self.terminated[i] = next_obs, terminated
+        self.pos = (self.pos + 1) % self.capacity
+        self.size = min(self.size + 1, self.capacity)
+
+    def sample(self, batch_size: int, device) -> tuple[torch.Tensor, ...]:
+        idx = self.rng.integers(0, self.size, size=batch_size)
+        arrays = (self.obs, self.actions, self.rewards, self.next_obs, self.terminated)
+        return tuple(torch.as_tensor(a[idx], device=device) for a in arrays)
+
+
+class QNetwork(nn.Module):
+    def __init__(self, obs_dim: int, n_actions: int, hidden: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(obs_dim, hidden), nn.ReLU(),
+                                 nn.Linear(hidden, hidden), nn.ReLU(),
+                                 nn.Linear(hidden, n_actions))
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.net(obs)
+
+
+def linear_schedule(start: float, end: float, duration: int, step: int) -> float:
+    """Linear interpolation from `start` to `end` over `duration` steps, then constant."""
+    return start + (end - start) * min(step / duration, 1.0)
+
+
+def td_target(target_net, rewards, next_obs, terminated, gamma: float) -> torch.Tensor:
+    """y = r + γ (1 - terminated) max_a' Q_target(s', a')."""
+    with torch.no_grad():
+        next_q = target_net(next_obs).max(dim=1).values
+    return rewards + gamma * (1.0 - terminated) * next_q
+
+
+def greedy_action(q_net, obs, device) -> int:
+    with torch.no_grad():
+        return int(q_net(torch.as_tensor(obs, device=device)).argmax())
+
+
+def evaluate(q_net, env_id: str, episodes: int, seed: int, device, video_path=None) -> list[float]:
+    """Greedy returns of `episodes` episodes; the first one is recorded when `video_path` is set."""
+    env = gym.make(env_id, render_mode="rgb_array" if video_path else None)
+    video = VideoWriter(video_path, fps=env.metadata.get("render_fps", 30)) if video_path else None
+    returns = []
+    for episode in range(episodes):
+        obs, _ = env.reset(seed=seed if episode == 0 else None)
+        done, episode_return = False, 0.0
+        while not done:
+            if video and episode == 0:
+                video.add(env.render())
+            obs, reward, terminated, truncated, _ = env.step(greedy_action(q_net, obs, device))
+            episode_return += float(reward)
+            done = terminated or truncated
+        returns.append(episode_return)
+    if video:
+        video.close()
+    env.close()
+    return returns
+
+
+def report_evaluation(returns: list[float], run_dir: str) -> None:
+    mean = float(np.mean(returns)) if returns else float("nan")
+    print(f"greedy evaluation over {len(returns)} episodes: mean return {mean:.2f}, "
+          f"returns {[round(r, 1) for r in returns]}", flush=True)
+    with open(os.path.join(run_dir, "eval.json"), "w") as f:
+        json.dump({"episodes": len(returns), "mean_return": mean, "returns": returns}, f)
+
+
+if __name__ == "__main__":
+    args = parse_args(Args)
+    script = os.path.splitext(os.path.basename(__file__))[0]
+    seed_everything(args.seed)
+    torch.set_num_threads(1)  # a 128-unit MLP runs fastest on one thread
+    device = pick_device(args.cuda)
+    run_dir = make_run_dir(args.runs_dir, args.env_id, script, args.seed)
+    print(f"run directory: {run_dir} | device: {device}", flush=True)
+
+    env = gym.wrappers.RecordEpisodeStatistics(gym.make(args.env_id))
+    if not isinstance(env.action_space, gym.spaces.Discrete):
+        raise SystemExit(f"error: {args.env_id} does not have a discrete action space")
+    obs_dim, n_actions = int(np.prod(env.observation_space.shape)), int(env.action_space.n)
+    q_net = QNetwork(obs_dim, n_actions, args.hidden_size).to(device)
+
+    if args.eval_checkpoint:
+        q_net.load_state_dict(load_checkpoint(args.eval_checkpoint, script, device)["q_net"])
+        episodes = max(args.eval_episodes, 1)
+        report_evaluation(evaluate(q_net, args.env_id, episodes, args.seed, device,
+                                   os.path.join(run_dir, "videos", "eval.mp4")), run_dir)
+        raise SystemExit(0)
+
+    target_net = QNetwork(obs_dim, n_actions, args.hidden_size).to(device)
+    optimizer = torch.optim.Adam(q_net.parameters(), lr=args.learning_rate)
+    start_step, start_time = 0, 0.0
+    if args.resume:
+        state = load_checkpoint(args.resume, script, device)
+        q_net.load_state_dict(state["q_net"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_step, start_time = state["global_step"], state["time_s"]
+        print(f"resumed from {args.resume} at step {start_step}; the replay buffer refills first")
+    target_net.load_state_dict(q_net.state_dict())
+
+    buffer = ReplayBuffer(args.buffer_size, env.observation_space.shape, args.seed)
+    metrics = MetricsWriter(run_dir, ("loss", "q_mean", "epsilon"), start_time)
+    progress = Progress(args.total_steps, start_step)
+    recent_returns = deque(maxlen=20)
+    rng = np.random.default_rng(args.seed)
+    loss = q_mean = torch.tensor(float("nan"))
+    obs, _ = env.reset(seed=args.seed)
+    for global_step in range(start_step, args.total_steps):
+        epsilon = linear_schedule(args.start_epsilon, args.end_epsilon, args.exploration_steps,
+                                  global_step)
+        if rng.random() < epsilon:
+            action = int(rng.integers(n_actions))
+        else:
+            action = greedy_action(q_net, obs, device)
+        next_obs, reward, terminated, truncated, info = env.step(action)
+        # On truncation next_obs is the real final state, so the stored transition bootstraps.
+        buffer.add(obs, action, reward, next_obs, terminated)
+        obs = next_obs
+        if terminated or truncated:
+            recent_returns.append(float(info["episode"]["r"]))
+            metrics.episode(global_step + 1, recent_returns[-1], int(info["episode"]["l"]))
+            obs, _ = env.reset()
+
+        if buffer.size >= args.learning_starts and global_step % args.train_frequency == 0:
+            b_obs, b_actions, b_rewards, b_next_obs, b_terminated = buffer.sample(args.batch_size, device)
+            target = td_target(target_net, b_rewards, b_next_obs, b_terminated, args.gamma)
+            q = q_net(b_obs).gather(1, b_actions.unsqueeze(1)).squeeze(1)  # Q(s, a)
+            loss = F.smooth_l1_loss(q, target)  # Huber loss of the TD error y - Q(s, a)
+            optimizer.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(q_net.parameters(), args.max_grad_norm)
+            optimizer.step()
+            q_mean = q.detach().mean()
+        if (global_step + 1) % args.target_update_interval == 0:
+            target_net.load_state_dict(q_net.state_dict())
+        if (global_step + 1) % args.log_interval == 0:
+            sps = progress.steps_per_second(global_step + 1)
+            metrics.log(global_step + 1, sps, loss=loss.item(), q_mean=q_mean.item(), epsilon=epsilon)
+            progress.print(global_step + 1, recent_returns)
+    env.close()
+    metrics.close()
+
+    if args.save_model:
+        save_checkpoint(os.path.join(run_dir, "checkpoint.pt"), {
+            "script": script, "q_net": q_net.state_dict(), "optimizer": optimizer.state_dict(),
+            "global_step": args.total_steps, "time_s": metrics.elapsed(), "args": asdict(args)})
+    if args.eval_episodes > 0:
+        video_path = os.path.join(run_dir, "videos", "eval.mp4") if args.capture_video else None
+        report_evaluation(evaluate(q_net, args.env_id, args.eval_episodes, args.seed, device,
+                                   video_path), run_dir)

@@ -1,0 +1,1 @@
+"""Thin helpers shared by the single-file scripts: no algorithm lives here."""

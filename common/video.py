@@ -1,0 +1,37 @@
+"""mp4 videos written frame by frame with imageio; a failure warns and never stops a run."""
+import os
+import warnings
+
+import numpy as np
+
+
+class VideoWriter:
+    """`add(frame)` streams RGB frames to `path`; after any error it warns once and goes quiet."""
+
+    def __init__(self, path: str, fps: int = 30):
+        self.path, self.fps, self.writer, self.failed = path, fps, None, False
+
+    def add(self, frame) -> None:
+        if self.failed:
+            return
+        try:
+            if self.writer is None:
+                import imageio.v2 as imageio  # imported late: only runs that record pay for it
+
+                os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+                # macro_block_size=1 keeps odd frame sizes as they are instead of resizing
+                self.writer = imageio.get_writer(self.path, fps=self.fps, macro_block_size=1)
+            self.writer.append_data(np.asarray(frame, dtype=np.uint8))
+        except Exception as e:
+            self._fail(e)
+
+    def close(self) -> None:
+        if self.writer is not None and not self.failed:
+            try:
+                self.writer.close()
+            except Exception as e:
+                self._fail(e)
+
+    def _fail(self, error: Exception) -> None:
+        self.failed = True
+        warnings.warn(f"video {self.path} not written: {type(error).__name__}: {error}", stacklevel=3)
