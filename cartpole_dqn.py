@@ -54,17 +54,17 @@ class Args:
     """transitions per gradient step"""
     gamma: float = 0.99
     """discount factor"""
-    target_update_interval: int = 500
+    target_update_interval: int = 100
     """env steps between copies of the online network into the target network"""
     start_epsilon: float = 1.0
     """exploration probability at the start"""
     end_epsilon: float = 0.01
     """exploration probability after `exploration_steps`"""
-    exploration_steps: int = 10_000
+    exploration_steps: int = 5_000
     """env steps over which epsilon decays linearly"""
     learning_starts: int = 1_000
     """transitions collected before the first gradient step"""
-    train_frequency: int = 1
+    train_frequency: int = 2
     """env steps per gradient step"""
     max_grad_norm: float = 10.0
     """gradient clipping by global norm"""
@@ -191,7 +191,7 @@ if __name__ == "__main__":
         raise SystemExit(0)
 
     target_net = QNetwork(obs_dim, n_actions, args.hidden_size).to(device)
-    optimizer = torch.optim.Adam(q_net.parameters(), lr=args.learning_rate)
+    optimizer = torch.optim.Adam(q_net.parameters(), lr=args.learning_rate, fused=True)
     start_step, start_time = 0, 0.0
     if args.resume:
         state = load_checkpoint(args.resume, script, device)

@@ -4,6 +4,10 @@ import warnings
 
 import numpy as np
 
+# Frames come from render_mode="rgb_array", which needs no display: this stops pygame (used by
+# gymnasium's classic-control and Box2D renderers) from looking for one on headless machines.
+os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+
 
 class VideoWriter:
     """`add(frame)` streams RGB frames to `path`; after any error it warns once and goes quiet."""
