@@ -46,11 +46,11 @@ class Args:
     log_interval: int = 1_000
     """env steps between progress lines and `log` rows in metrics.csv"""
 
-    learning_rate: float = 1e-3
+    learning_rate: float = 2e-3
     """Adam learning rate"""
     buffer_size: int = 50_000
     """replay buffer capacity (transitions)"""
-    batch_size: int = 128
+    batch_size: int = 256
     """transitions per gradient step"""
     gamma: float = 0.99
     """discount factor"""
@@ -64,7 +64,7 @@ class Args:
     """env steps over which epsilon decays linearly"""
     learning_starts: int = 1_000
     """transitions collected before the first gradient step"""
-    train_frequency: int = 2
+    train_frequency: int = 4
     """env steps per gradient step"""
     max_grad_norm: float = 10.0
     """gradient clipping by global norm"""
@@ -208,45 +208,54 @@ if __name__ == "__main__":
     rng = np.random.default_rng(args.seed)
     loss = q_mean = torch.tensor(float("nan"))
     obs, _ = env.reset(seed=args.seed)
-    for global_step in range(start_step, args.total_steps):
-        epsilon = linear_schedule(args.start_epsilon, args.end_epsilon, args.exploration_steps,
-                                  global_step)
-        if rng.random() < epsilon:
-            action = int(rng.integers(n_actions))
-        else:
-            action = greedy_action(q_net, obs, device)
-        next_obs, reward, terminated, truncated, info = env.step(action)
-        # On truncation next_obs is the real final state, so the stored transition bootstraps.
-        buffer.add(obs, action, reward, next_obs, terminated)
-        obs = next_obs
-        if terminated or truncated:
-            recent_returns.append(float(info["episode"]["r"]))
-            metrics.episode(global_step + 1, recent_returns[-1], int(info["episode"]["l"]))
-            obs, _ = env.reset()
+    global_step, interrupted = start_step, False  # global_step: env steps taken so far
+    try:
+        while global_step < args.total_steps:
+            epsilon = linear_schedule(args.start_epsilon, args.end_epsilon, args.exploration_steps,
+                                      global_step)
+            if rng.random() < epsilon:
+                action = int(rng.integers(n_actions))
+            else:
+                action = greedy_action(q_net, obs, device)
+            next_obs, reward, terminated, truncated, info = env.step(action)
+            global_step += 1
+            # On truncation next_obs is the real final state, so the stored transition bootstraps.
+            buffer.add(obs, action, reward, next_obs, terminated)
+            obs = next_obs
+            if terminated or truncated:
+                recent_returns.append(float(info["episode"]["r"]))
+                metrics.episode(global_step, recent_returns[-1], int(info["episode"]["l"]))
+                obs, _ = env.reset()
 
-        if buffer.size >= args.learning_starts and global_step % args.train_frequency == 0:
-            b_obs, b_actions, b_rewards, b_next_obs, b_terminated = buffer.sample(args.batch_size, device)
-            target = td_target(target_net, b_rewards, b_next_obs, b_terminated, args.gamma)
-            q = q_net(b_obs).gather(1, b_actions.unsqueeze(1)).squeeze(1)  # Q(s, a)
-            loss = F.smooth_l1_loss(q, target)  # Huber loss of the TD error y - Q(s, a)
-            optimizer.zero_grad()
-            loss.backward()
-            nn.utils.clip_grad_norm_(q_net.parameters(), args.max_grad_norm)
-            optimizer.step()
-            q_mean = q.detach().mean()
-        if (global_step + 1) % args.target_update_interval == 0:
-            target_net.load_state_dict(q_net.state_dict())
-        if (global_step + 1) % args.log_interval == 0:
-            sps = progress.steps_per_second(global_step + 1)
-            metrics.log(global_step + 1, sps, loss=loss.item(), q_mean=q_mean.item(), epsilon=epsilon)
-            progress.print(global_step + 1, recent_returns)
+            if buffer.size >= args.learning_starts and global_step % args.train_frequency == 0:
+                b_obs, b_actions, b_rewards, b_next_obs, b_terminated = buffer.sample(
+                    args.batch_size, device)
+                target = td_target(target_net, b_rewards, b_next_obs, b_terminated, args.gamma)
+                q = q_net(b_obs).gather(1, b_actions.unsqueeze(1)).squeeze(1)  # Q(s, a)
+                loss = F.smooth_l1_loss(q, target)  # Huber loss of the TD error y - Q(s, a)
+                optimizer.zero_grad()
+                loss.backward()
+                nn.utils.clip_grad_norm_(q_net.parameters(), args.max_grad_norm)
+                optimizer.step()
+                q_mean = q.detach().mean()
+            if global_step % args.target_update_interval == 0:
+                target_net.load_state_dict(q_net.state_dict())
+            if global_step % args.log_interval == 0:
+                sps = progress.steps_per_second(global_step)
+                metrics.log(global_step, sps, loss=loss.item(), q_mean=q_mean.item(), epsilon=epsilon)
+                progress.print(global_step, recent_returns)
+    except KeyboardInterrupt:  # Ctrl-C: keep what was learned; --save-model lets --resume go on
+        interrupted = True
+        print(f"interrupted at step {global_step}", flush=True)
     env.close()
     metrics.close()
 
     if args.save_model:
         save_checkpoint(os.path.join(run_dir, "checkpoint.pt"), {
             "script": script, "q_net": q_net.state_dict(), "optimizer": optimizer.state_dict(),
-            "global_step": args.total_steps, "time_s": metrics.elapsed(), "args": asdict(args)})
+            "global_step": global_step, "time_s": metrics.elapsed(), "args": asdict(args)})
+    if interrupted:
+        raise SystemExit(130)
     if args.eval_episodes > 0:
         video_path = os.path.join(run_dir, "videos", "eval.mp4") if args.capture_video else None
         report_evaluation(evaluate(q_net, args.env_id, args.eval_episodes, args.seed, device,
