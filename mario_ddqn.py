@@ -1,0 +1,350 @@
+"""Double DQN (van Hasselt et al., 2016) on Super Mario Bros 1-1, from pixels.
+
+The online network picks the next action, the target network scores it; frames are max-pooled
+over a 4-frame skip, grayscaled, area-resized to 84x84 and stacked by 4; the replay buffer keeps
+each frame once. Episodes end at the first life lost, the flag, or the in-game clock (see
+common/mario.py); metrics.csv has each episode's final `x_pos` and `flag_get`.
+
+    python mario_ddqn.py                             # train, then evaluate greedily
+    python mario_ddqn.py --eval-checkpoint runs/<run>/checkpoint.pt
+    python mario_ddqn.py --help
+"""
+import json
+import os
+from collections import deque
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from common.checkpoint import load_checkpoint, save_checkpoint
+from common.mario import MarioEnv
+from common.metrics import MetricsWriter
+from common.utils import Progress, make_run_dir, parse_args, pick_device, seed_everything
+from common.video import VideoWriter
+
+
+@dataclass
+class Args:
+    world: int = 1
+    """world of the stage to play (1-8)"""
+    stage: int = 1
+    """stage within the world (1-4)"""
+    actions: Literal["right", "right_only", "simple", "complex"] = "right"
+    """joypad action set: right ([right], [right A]), right_only, simple or complex"""
+    total_steps: int = 500_000
+    """total agent steps (each is `frame_skip` NES frames) to train for"""
+    seed: int = 1
+    """seed of the network, the exploration and the replay sampling (the NES is deterministic)"""
+    cuda: bool = True
+    """use CUDA when it is available"""
+    runs_dir: str = "runs"
+    """where the run directory <env>__<script>__<seed>__<timestamp> is created"""
+    capture_video: bool = False
+    """record the first greedy evaluation episode to <run>/videos/eval.mp4"""
+    save_model: bool = False
+    """save <run>/checkpoint.pt at the end of training"""
+    eval_episodes: int = 1
+    """greedy evaluation episodes after training (the NES is deterministic: all are the same run)"""
+    eval_checkpoint: str | None = None
+    """skip training: load this checkpoint, play greedily, print the results, record a video"""
+    resume: str | None = None
+    """continue training from this checkpoint (online network, optimizer, step count)"""
+    log_interval: int = 5_000
+    """agent steps between progress lines and `log` rows in metrics.csv"""
+
+    frame_skip: int = 4
+    """NES frames per agent step (the action repeats; the last two frames are max-pooled)"""
+    learning_rate: float = 2.5e-4
+    """Adam learning rate"""
+    buffer_size: int = 100_000
+    """replay capacity in frames (84x84 uint8, 7 KB each: 0.7 GB at 100k)"""
+    batch_size: int = 32
+    """transitions per gradient step"""
+    gamma: float = 0.9
+    """discount factor per agent step"""
+    reward_scale: float = 1 / 15
+    """rewards are multiplied by this (upstream clips each frame's reward to [-15, 15])"""
+    target_update_interval: int = 2_000
+    """agent steps between copies of the online network into the target network"""
+    start_epsilon: float = 1.0
+    """exploration probability at the start"""
+    end_epsilon: float = 0.02
+    """exploration probability at the end of the decay"""
+    exploration_fraction: float = 0.1
+    """epsilon decays linearly over this fraction of --total-steps, from the first update on"""
+    learning_starts: int = 10_000
+    """transitions collected before the first gradient step (at most 90% of --total-steps)"""
+    train_frequency: int = 4
+    """agent steps per gradient step"""
+    max_grad_norm: float = 10.0
+    """gradient clipping by global norm"""
+    eval_patience: int = 200
+    """greedy episodes end after this many agent steps without a new best x_pos (stuck at a pipe)"""
+
+    def __post_init__(self):
+        for name in ("total_steps", "buffer_size", "batch_size", "target_update_interval",
+                     "train_frequency", "log_interval", "frame_skip", "eval_patience"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.eval_episodes < 0 or self.learning_starts < 0 or self.learning_rate <= 0 \
+                or not 0 <= self.gamma <= 1 or not 0 < self.exploration_fraction <= 1:
+            raise ValueError("need --eval-episodes, --learning-starts >= 0, --learning-rate > 0, "
+                             "0 <= --gamma <= 1, 0 < --exploration-fraction <= 1")
+        if self.batch_size > self.buffer_size or self.buffer_size < 8:
+            raise ValueError("--buffer-size must be >= 8 and >= --batch-size")
+        for path in (self.eval_checkpoint, self.resume):
+            if path is not None and not os.path.isfile(path):
+                raise ValueError(f"checkpoint not found: {path}")
+
+
+def area_matrix(n_in: int, n_out: int) -> torch.Tensor:
+    """(n_out, n_in) area-average resize weights (no OpenCV): output i averages the input span
+    [i, i + 1) * n_in / n_out, a pixel cut by a border counting by its inside fraction."""
+    edges, pixels = np.arange(n_out + 1) * n_in / n_out, np.arange(n_in)
+    overlap = np.minimum(edges[1:, None], pixels + 1) - np.maximum(edges[:-1, None], pixels)
+    overlap = np.clip(overlap, 0, None)
+    return torch.as_tensor(overlap / overlap.sum(axis=1, keepdims=True), dtype=torch.float32)
+
+
+class SkipMaxGray(gym.Wrapper):
+    """Repeat each action `skip` frames, summing rewards; observe the max of the last two frames
+    (sprites flicker between frames), as 84x84 grayscale uint8."""
+
+    def __init__(self, env, skip: int, size: int = 84):
+        super().__init__(env)
+        height, width, _ = env.observation_space.shape
+        self.rows, self.cols, self.skip = area_matrix(height, size), area_matrix(width, size), skip
+        self.observation_space = gym.spaces.Box(0, 255, (size, size), np.uint8)
+
+    def process(self, frame: np.ndarray) -> np.ndarray:
+        # torch rather than numpy: numpy's threaded BLAS ran these small products 3x slower here
+        gray = torch.from_numpy(frame).float() @ torch.tensor([0.299, 0.587, 0.114])  # ITU-R 601 luma
+        return (self.rows @ gray @ self.cols.T).round().to(torch.uint8).numpy()
+
+    def reset(self, **kwargs):
+        frame, info = self.env.reset(**kwargs)
+        return self.process(frame), info
+
+    def step(self, action):
+        total, frames = 0.0, deque(maxlen=2)
+        for _ in range(self.skip):
+            frame, reward, terminated, truncated, info = self.env.step(action)
+            frames.append(frame)
+            total += reward
+            if terminated or truncated:
+                break
+        return self.process(np.max(frames, axis=0)), total, terminated, truncated, info
+
+
+def make_env(args, render_mode=None) -> SkipMaxGray:
+    return SkipMaxGray(MarioEnv(args.world, args.stage, args.actions, render_mode), args.frame_skip)
+
+
+class FrameReplayBuffer:
+    """Circular replay of single frames; stacks of `stack` frames are rebuilt at sampling time.
+
+    Slot i holds a frame and, once the agent acts on the state ending there (`valid[i]`), the action,
+    reward and termination; the next state ends at slot i + 1. Frames before an episode's first
+    frame read as that first frame, as at reset."""
+
+    def __init__(self, capacity: int, frame_shape, seed: int, stack: int = 4):
+        self.frames = np.zeros((capacity, *frame_shape), dtype=np.uint8)
+        self.actions = np.zeros(capacity, dtype=np.int64)
+        self.rewards = np.zeros(capacity, dtype=np.float32)
+        self.terminated = np.zeros(capacity, dtype=np.float32)  # truncation still bootstraps
+        self.first, self.valid = np.zeros(capacity, dtype=bool), np.zeros(capacity, dtype=bool)
+        self.capacity, self.stack, self.cursor = capacity, stack, -1
+        self.rng = np.random.default_rng(seed)
+
+    def start_episode(self, frame) -> None:
+        self._write(frame, first=True)
+
+    def add(self, action, reward, terminated, next_frame) -> None:
+        """The transition from the state ending at the newest frame; `next_frame` is appended."""
+        i = self.cursor
+        self.actions[i], self.rewards[i], self.terminated[i] = action, reward, terminated
+        self.valid[i] = True
+        self._write(next_frame, first=False)
+
+    def _write(self, frame, first: bool) -> None:
+        self.cursor = (self.cursor + 1) % self.capacity
+        self.frames[self.cursor], self.first[self.cursor] = frame, first
+        # this slot's old transition is gone, and the next `stack - 1` slots just lost a frame of
+        # their history (the slot they would read as their own past now holds the newest frame)
+        self.valid[(self.cursor + np.arange(self.stack)) % self.capacity] = False
+
+    def stacked(self, last: np.ndarray) -> np.ndarray:
+        """Frame indices (batch, stack) of the states ending at slots `last`."""
+        idx = (last[:, None] + np.arange(1 - self.stack, 1)) % self.capacity
+        for k in range(self.stack - 2, -1, -1):  # newest to oldest: never cross an episode start
+            idx[:, k] = np.where(self.first[idx[:, k + 1]], idx[:, k + 1], idx[:, k])
+        return idx
+
+    def sample(self, batch_size: int, device) -> tuple[torch.Tensor, ...]:
+        i = self.rng.choice(np.flatnonzero(self.valid), size=batch_size)
+        obs, next_obs = self.frames[self.stacked(i)], self.frames[self.stacked((i + 1) % self.capacity)]
+        arrays = (obs, self.actions[i], self.rewards[i], next_obs, self.terminated[i])
+        return tuple(torch.as_tensor(a, device=device) for a in arrays)
+
+
+class QNetwork(nn.Module):
+    """The Nature-DQN convolutional network on (batch, 4, 84, 84) uint8 stacks."""
+
+    def __init__(self, n_actions: int, stack: int = 4):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(stack, 32, 8, stride=4), nn.ReLU(), nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
+            nn.Conv2d(64, 64, 3, stride=1), nn.ReLU(), nn.Flatten(),
+            nn.Linear(64 * 7 * 7, 512), nn.ReLU(), nn.Linear(512, n_actions))
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.net(obs.float() / 255.0)
+
+
+def linear_schedule(start: float, end: float, duration: int, step: int) -> float:
+    """Linear interpolation from `start` to `end` over `duration` steps, then constant."""
+    return start + (end - start) * min(step / max(duration, 1), 1.0)
+
+
+def double_dqn_target(q_net, target_net, rewards, next_obs, terminated, gamma: float) -> torch.Tensor:
+    """y = r + γ (1 - terminated) Q_target(s', argmax_a' Q_online(s', a'))."""
+    with torch.no_grad():
+        next_actions = q_net(next_obs).argmax(dim=1, keepdim=True)  # the online net selects
+        next_q = target_net(next_obs).gather(1, next_actions).squeeze(1)  # the target net scores
+    return rewards + gamma * (1.0 - terminated) * next_q
+
+
+def greedy_action(q_net, stack: np.ndarray, device) -> int:
+    with torch.no_grad():
+        return int(q_net(torch.as_tensor(stack[None], device=device)).argmax())
+
+
+def evaluate(q_net, args, episodes: int, device, video_path=None) -> list[dict]:
+    """Greedy episodes ({return, x_pos, flag_get, length}); the first is recorded if asked."""
+    env = make_env(args, "rgb_array" if video_path else None)
+    video = VideoWriter(video_path, fps=60 // args.frame_skip) if video_path else None
+    results = []
+    for episode in range(episodes):
+        frame, info = env.reset(seed=args.seed + episode)
+        stack, done, total, length, best_x, since_best = np.stack([frame] * 4), False, 0.0, 0, 0, 0
+        while not done and since_best < args.eval_patience:
+            if video and episode == 0:
+                video.add(env.render())
+            frame, reward, terminated, truncated, info = env.step(greedy_action(q_net, stack, device))
+            stack, total, length = np.concatenate([stack[1:], frame[None]]), total + reward, length + 1
+            since_best = 0 if info["x_pos"] > best_x else since_best + 1
+            best_x = max(best_x, info["x_pos"])
+            done = terminated or truncated
+        results.append({"return": total, "length": length, **{k: info[k] for k in ("x_pos", "flag_get")}})
+    if video:
+        video.close()
+    env.close()
+    return results
+
+
+def report_evaluation(results: list[dict], run_dir: str) -> None:
+    returns = [r["return"] for r in results]
+    mean = float(np.mean(returns)) if returns else float("nan")
+    x_pos, flags = [r["x_pos"] for r in results], sum(r["flag_get"] for r in results)
+    print(f"greedy evaluation over {len(results)} episodes: mean return {mean:.1f}, x_pos {x_pos}, "
+          f"flags {flags}/{len(results)}", flush=True)
+    with open(os.path.join(run_dir, "eval.json"), "w") as f:
+        json.dump({"episodes": len(results), "mean_return": mean, "returns": returns, "flags": flags,
+                   "mean_x_pos": float(np.mean(x_pos)) if x_pos else float("nan"), "results": results}, f)
+
+
+if __name__ == "__main__":
+    args = parse_args(Args)
+    script = os.path.splitext(os.path.basename(__file__))[0]
+    seed_everything(args.seed)
+    torch.set_num_threads(1)
+    device = pick_device(args.cuda)
+    run_dir = make_run_dir(args.runs_dir, f"SuperMarioBros-{args.world}-{args.stage}", script, args.seed)
+    print(f"run directory: {run_dir} | device: {device}", flush=True)
+
+    env = make_env(args)
+    q_net = QNetwork(int(env.action_space.n)).to(device)
+
+    if args.eval_checkpoint:
+        q_net.load_state_dict(load_checkpoint(args.eval_checkpoint, script, device)["q_net"])
+        report_evaluation(evaluate(q_net, args, max(args.eval_episodes, 1), device,
+                                   os.path.join(run_dir, "videos", "eval.mp4")), run_dir)
+        raise SystemExit(0)
+
+    target_net = QNetwork(int(env.action_space.n)).to(device)
+    optimizer = torch.optim.Adam(q_net.parameters(), lr=args.learning_rate)
+    start_step, start_time = 0, 0.0
+    if args.resume:
+        state = load_checkpoint(args.resume, script, device)
+        q_net.load_state_dict(state["q_net"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_step, start_time = state["global_step"], state["time_s"]
+        print(f"resumed from {args.resume} at step {start_step}; the replay buffer refills first")
+    target_net.load_state_dict(q_net.state_dict())
+
+    buffer = FrameReplayBuffer(args.buffer_size, env.observation_space.shape, args.seed)
+    # short runs (the smoke test) still make a few updates; a resumed run refills the buffer first.
+    # ε stays at its start while the buffer fills, then decays over exploration_steps.
+    learning_starts = max(min(args.learning_starts, args.total_steps * 9 // 10), args.batch_size)
+    exploration_steps = int(args.exploration_fraction * args.total_steps)
+    metrics = MetricsWriter(run_dir, ("x_pos", "flag_get", "loss", "q_mean", "epsilon"), start_time)
+    progress = Progress(args.total_steps, start_step)
+    recent_returns, recent_x = deque(maxlen=20), deque(maxlen=20)
+    rng = np.random.default_rng(args.seed)
+    loss = q_mean = torch.tensor(float("nan"))
+    frame, _ = env.reset(seed=args.seed)
+    stack, episode_return, episode_length = np.stack([frame] * 4), 0.0, 0
+    buffer.start_episode(frame)
+    for global_step in range(start_step, args.total_steps):
+        epsilon = linear_schedule(args.start_epsilon, args.end_epsilon, exploration_steps,
+                                  max(global_step - learning_starts, 0))
+        if rng.random() < epsilon:
+            action = int(rng.integers(env.action_space.n))
+        else:
+            action = greedy_action(q_net, stack, device)
+        frame, reward, terminated, truncated, info = env.step(action)
+        # On truncation (the in-game clock) `frame` is the real last state: the target bootstraps.
+        buffer.add(action, reward * args.reward_scale, terminated, frame)
+        stack = np.concatenate([stack[1:], frame[None]])  # drop the oldest frame, append the newest
+        episode_return, episode_length = episode_return + reward, episode_length + 1
+        if terminated or truncated:
+            recent_returns.append(episode_return)
+            recent_x.append(info["x_pos"])
+            metrics.episode(global_step + 1, episode_return, episode_length, x_pos=info["x_pos"],
+                            flag_get=int(info["flag_get"]))
+            frame, _ = env.reset()
+            stack, episode_return, episode_length = np.stack([frame] * 4), 0.0, 0
+            buffer.start_episode(frame)
+
+        if global_step - start_step >= learning_starts and global_step % args.train_frequency == 0:
+            b_obs, b_actions, b_rewards, b_next_obs, b_terminated = buffer.sample(args.batch_size, device)
+            target = double_dqn_target(q_net, target_net, b_rewards, b_next_obs, b_terminated, args.gamma)
+            q = q_net(b_obs).gather(1, b_actions.unsqueeze(1)).squeeze(1)  # Q(s, a)
+            loss = F.smooth_l1_loss(q, target)  # Huber loss of the TD error y - Q(s, a)
+            optimizer.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(q_net.parameters(), args.max_grad_norm)
+            optimizer.step()
+            q_mean = q.detach().mean()
+        if (global_step + 1) % args.target_update_interval == 0:
+            target_net.load_state_dict(q_net.state_dict())
+        if (global_step + 1) % args.log_interval == 0:
+            sps = progress.steps_per_second(global_step + 1)
+            metrics.log(global_step + 1, sps, loss=loss.item(), q_mean=q_mean.item(), epsilon=epsilon)
+            progress.print(global_step + 1, recent_returns)
+            print(f"    x_pos: mean of last 20 episodes {np.mean(recent_x or [0]):.0f}", flush=True)
+    env.close()
+    metrics.close(y="x_pos")
+
+    if args.save_model:
+        save_checkpoint(os.path.join(run_dir, "checkpoint.pt"), {
+            "script": script, "q_net": q_net.state_dict(), "optimizer": optimizer.state_dict(),
+            "global_step": args.total_steps, "time_s": metrics.elapsed(), "args": asdict(args)})
+    if args.eval_episodes > 0:
+        video_path = os.path.join(run_dir, "videos", "eval.mp4") if args.capture_video else None
+        report_evaluation(evaluate(q_net, args, args.eval_episodes, device, video_path), run_dir)

@@ -1,0 +1,112 @@
+"""common/mario.py: the gymnasium API, the numpy-2 overflow fixes, determinism, episode ends."""
+import os
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+from common.mario import ACTION_SETS, MarioEnv
+
+
+@pytest.fixture
+def env():
+    env = MarioEnv(render_mode="rgb_array")
+    yield env
+    env.close()
+
+
+def test_numpy2_would_overflow_without_the_fix():
+    """The upstream arithmetic on a uint8 header byte / RAM byte, as nes-py 8.2.1 writes it."""
+    if int(np.__version__.split(".")[0]) < 2:
+        pytest.skip("numpy 1 promotes uint8 * int, the fix is a no-op there")
+    with pytest.raises(OverflowError):
+        _ = 16 * np.uint8(2) * 2**10  # ROM.prg_rom_stop on the Mario ROM header
+    with pytest.raises(OverflowError):
+        _ = np.uint8(1) * 0x100  # SuperMarioBrosEnv._x_position on the second page
+
+
+def test_api_shapes_dtypes_and_info(env):
+    assert env.action_space.n == 2 and env.action_meanings == ["right", "right A"]
+    obs, info = env.reset(seed=0)
+    assert obs.shape == (240, 256, 3) and obs.dtype == np.uint8 and obs in env.observation_space
+    assert info["x_pos"] == 40 and info["flag_get"] is False and info["time"] == 400
+    obs, reward, terminated, truncated, info = env.step(1)
+    assert obs.shape == (240, 256, 3) and obs.dtype == np.uint8
+    assert isinstance(reward, float) and terminated is False and truncated is False
+    assert {"x_pos", "flag_get", "time", "life", "score", "coins"} <= set(info)
+    assert isinstance(info["x_pos"], int) and isinstance(info["flag_get"], bool)
+    assert np.array_equal(env.render(), obs)
+    for name, combos in ACTION_SETS.items():
+        assert MarioEnv(actions=name).action_space.n == len(combos)
+    with pytest.raises(ValueError):
+        MarioEnv(actions="everything")
+
+
+def test_no_overflow_past_the_first_page(env):
+    """Run right (jumping) until Mario is past x = 255, where ram[0x6d] * 0x100 used to overflow."""
+    env.reset(seed=0)
+    xs = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an overflow warning anywhere fails the test
+        for t in range(600):
+            _, _, terminated, truncated, info = env.step(1 if t % 20 < 10 else 0)
+            xs.append(info["x_pos"])
+            if terminated or truncated or info["x_pos"] > 300:
+                break
+    assert max(xs) > 300, max(xs)
+    assert all(abs(b - a) <= 5 for a, b in zip(xs, xs[1:]))  # no wrap-around jump in x
+
+
+def test_same_seed_same_actions_same_frames():
+    rng = np.random.default_rng(0)
+    actions = rng.integers(0, 2, size=300)
+    runs = []
+    for _ in range(2):
+        env = MarioEnv()
+        obs, _ = env.reset(seed=5)
+        frames = [obs]
+        for a in actions:
+            obs, _, terminated, truncated, _ = env.step(a)
+            frames.append(obs)
+            if terminated or truncated:
+                obs, _ = env.reset()
+                frames.append(obs)
+        env.close()
+        runs.append(np.stack(frames))
+    assert runs[0].shape == runs[1].shape and np.array_equal(runs[0], runs[1])
+    assert not np.array_equal(runs[0][0], runs[0][-1])  # the frames are copies, not one view
+
+
+def test_death_terminates(env):
+    """Holding right walks into the first Goomba: the first life lost ends the episode."""
+    env.reset(seed=0)
+    for _ in range(2000):
+        _, reward, terminated, truncated, info = env.step(0)
+        if terminated or truncated:
+            break
+    assert terminated and not truncated and not info["flag_get"] and reward < 0
+
+
+def test_clock_and_step_limit_truncate(env):
+    env.reset(seed=0)
+    env.nes.ram[0x07f8:0x07fb] = [0, 0, 1]  # one tick left on the in-game clock
+    for _ in range(200):
+        _, _, terminated, truncated, info = env.step(0)
+        if terminated or truncated:
+            break
+    assert truncated and not terminated and info["time"] == 0
+    limited = MarioEnv(max_episode_steps=50)
+    limited.reset(seed=0)
+    ends = [limited.step(0)[2:4] for _ in range(50)]
+    assert ends[-1] == (False, True) and all(e == (False, False) for e in ends[:-1])
+    limited.close()
+
+
+def test_import_prints_no_gym_banner():
+    result = subprocess.run([sys.executable, "-c", "import common.mario"], cwd=REPO,
+                            capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "PYTHONWARNINGS": "default"})
+    assert result.returncode == 0 and result.stderr == "", result.stderr
