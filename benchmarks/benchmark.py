@@ -2,7 +2,7 @@
 
     python benchmarks/benchmark.py --script cartpole_dqn.py --threshold 475 --window 20
     python benchmarks/benchmark.py --script lunarlander_nstep_ac.py --threshold 200 --window 100 \
-        --seeds 1 2 3 --script-args "--total-steps 500000"
+        --seeds 1 2 3 --script-args="--total-steps 500000"
 
 For each seed the script runs to the end in a subprocess (one at a time: measurements must not
 share the CPU). From its metrics.csv we take the first env step and wall-clock second at which the
