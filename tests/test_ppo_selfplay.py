@@ -1,0 +1,186 @@
+"""ppo_selfplay.py: the Pong duel (mirroring, scoring, determinism), the PPO pieces, a short learning
+run, and Ctrl-C leaving no worker process behind."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import ppo_selfplay as m
+from conftest import REPO, run_dirs
+
+
+def random_state(env: m.PongDuel, rng) -> None:
+    """A mid-rally state: the ball well inside the table so that no one scores on the next step."""
+    n = env.n
+    env.ball[:] = np.stack([rng.uniform(0.2, 0.8, n), rng.uniform(0.1, 0.9, n),
+                            rng.uniform(-0.03, 0.03, n), rng.uniform(-0.03, 0.03, n)], 1)
+    env.paddles[:] = rng.uniform(m.PADDLE_HALF, 1 - m.PADDLE_HALF, (n, 2))
+    env.t[:] = rng.integers(0, 100, n)
+
+
+def mirrored(env: m.PongDuel) -> m.PongDuel:
+    """The same games with the players swapped: x -> 1 - x, vx -> -vx, paddles exchanged."""
+    other = m.PongDuel(env.n, seed=0)
+    other.ball[:] = env.ball * [-1, 1, -1, 1] + [1, 0, 0, 0]
+    other.paddles[:], other.score[:], other.t[:] = env.paddles[:, ::-1], env.score[:, ::-1], env.t
+    return other
+
+
+def test_swapping_players_mirrors_observations_and_dynamics():
+    rng = np.random.default_rng(0)
+    env = m.PongDuel(64, seed=1)
+    random_state(env, rng)
+    swapped = mirrored(env)
+    for _ in range(5):  # a few steps: the ball stays inside the table, so no serve draws randomness
+        obs0, obs1 = env.observe()
+        sw0, sw1 = swapped.observe()
+        np.testing.assert_allclose(sw0, obs1, atol=1e-6)
+        np.testing.assert_allclose(sw1, obs0, atol=1e-6)
+        a0, a1 = rng.integers(0, 3, env.n), rng.integers(0, 3, env.n)
+        reward, _ = env.step(a0, a1)
+        sw_reward, _ = swapped.step(a1, a0)
+        np.testing.assert_allclose(sw_reward, -reward)
+    # Every scripted bot answers the mirrored view the same way (deterministic bots only).
+    for name in ("fast_tracker", "predictor"):
+        np.testing.assert_array_equal(m.BOTS[name](env.observe()[1]), m.BOTS[name](swapped.observe()[0]))
+
+
+def test_scoring_hits_and_game_end():
+    env = m.PongDuel(3, seed=0, score_limit=2)
+    # Game 0: player 0 misses. Game 1: player 0 hits off-centre. Game 2: player 1 misses its last point.
+    env.ball[:] = [[0.005, 0.5, -0.02, 0.0], [0.005, 0.5, -0.02, 0.0], [0.995, 0.5, 0.02, 0.0]]
+    env.paddles[:] = [[0.85, 0.5], [0.45, 0.5], [0.5, 0.2]]
+    env.score[2] = [1, 0]
+    reward, done = env.step(np.ones(3, int), np.ones(3, int))
+    np.testing.assert_array_equal(reward, [-1, 0, 1])
+    np.testing.assert_array_equal(done, [False, False, True])
+    np.testing.assert_array_equal(env.score, [[0, 1], [0, 0], [0, 0]])  # game 2 restarted
+    assert env.ball[0, 0] == 0.5 and env.ball[2, 0] == 0.5  # served from the centre
+    vx, vy = env.ball[1, 2:]
+    assert vx > 0 and vy > 0  # returned, angled down: the ball hit below the paddle centre
+    assert np.hypot(vx, vy) == pytest.approx(0.02 * m.SPEEDUP)  # and faster
+    short = m.PongDuel(2, seed=0, max_steps=3)
+    for _ in range(2):
+        assert not short.step(np.ones(2, int), np.ones(2, int))[1].any()
+    assert short.step(np.ones(2, int), np.ones(2, int))[1].all()  # the step cap: a draw
+
+
+def test_same_seed_same_games():
+    def trajectory(seed):
+        env, rng, out = m.PongDuel(16, seed), np.random.default_rng(0), []
+        for _ in range(3000):
+            reward, done = env.step(rng.integers(0, 3, 16), m.BOTS["fast_tracker"](env.observe()[1]))
+            out.append(np.concatenate([env.observe()[0].ravel(), reward, done]))
+        return np.array(out)
+
+    first = trajectory(5)
+    assert np.abs(first[:, -32:-16]).sum() > 0  # points were scored, so serves drew random numbers
+    np.testing.assert_array_equal(first, trajectory(5))
+    assert not np.array_equal(first, trajectory(6))
+
+
+def test_render_frame():
+    frame = m.PongDuel(2, seed=0).render(1)
+    assert frame.shape == (160, 160, 3) and frame.dtype == np.uint8 and frame.max() == 255
+
+
+def test_clipped_surrogate_hand_computed():
+    ratios = torch.tensor([0.5, 1.0, 1.5, 1.5])
+    advantages = torch.tensor([1.0, 1.0, 1.0, -1.0])
+    old_logp = torch.log(torch.tensor([0.2, 0.4, 0.6, 0.3]))
+    # min(ρA, clip(ρ)A) with ε = 0.2: 0.5 (unclipped), 1.0, 1.2 (clipped), -1.5 (unclipped, A < 0)
+    loss = m.clipped_surrogate(old_logp + ratios.log(), old_logp, advantages, 0.2)
+    assert loss.item() == pytest.approx(-(0.5 + 1.0 + 1.2 - 1.5) / 4)
+
+
+def test_gae_hand_computed():
+    rewards, values = torch.tensor([[1.0], [0.0], [2.0]]), torch.tensor([[0.5], [1.0], [0.0]])
+    dones, next_value = torch.tensor([[0.0], [1.0], [0.0]]), torch.tensor([3.0])
+    advantages, returns = m.gae(rewards, values, dones, next_value, gamma=0.9, lam=0.5)
+    a2 = 2.0 + 0.9 * 3.0 - 0.0
+    a1 = 0.0 - 1.0  # step 1 ended a game: no bootstrapping from step 2
+    a0 = 1.0 + 0.9 * 1.0 - 0.5 + 0.9 * 0.5 * a1
+    np.testing.assert_allclose(advantages[:, 0], [a0, a1, a2], rtol=1e-6)
+    np.testing.assert_allclose(returns, advantages + values)
+
+
+def test_learns_to_beat_random_bot(run_script, tmp_path):
+    """A short run (about half a minute here) beats the random bot in >= 80% of greedy games."""
+    result = run_script("ppo_selfplay.py", "--total-steps", "2000000", "--n-workers", "0", "--seed", "1",
+                        "--eval-episodes", "50", timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = run_dirs(tmp_path)
+    with open(os.path.join(run_dir, "eval.json")) as f:
+        win_rate = json.load(f)["win_draw_loss_diff"]["random"][0]
+    print(f"greedy win rate against the random bot: {win_rate:.0%}")
+    assert win_rate >= 0.8, result.stdout[-2000:]
+
+
+def test_self_play_best_model_resume_and_eval_checkpoint(run_script, tmp_path):
+    """With a curriculum that any game passes, a short run reaches self-play: snapshots join the pool,
+    the panel picks a best model; then --resume continues and --eval-checkpoint films a match."""
+    fast = ["--n-games", "64", "--n-steps", "32", "--curriculum-threshold", "0", "--curriculum-window", "1",
+            "--snapshot-interval", "2", "--panel-games", "2", "--log-interval", "50000"]
+    result = run_script("ppo_selfplay.py", "--total-steps", "200000", "--save-model", "--eval-episodes", "1", *fast)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "new best model" in result.stdout and "Elo ratings" in result.stdout
+    (run_dir,) = run_dirs(tmp_path)
+    with open(os.path.join(run_dir, "metrics.csv")) as f:
+        assert ",snap_" in f.read()  # games against snapshots were played and logged
+    resumed = run_script("ppo_selfplay.py", "--total-steps", "250000", "--eval-episodes", "0",
+                         "--resume", os.path.join(run_dir, "checkpoint.pt"), *fast)
+    assert resumed.returncode == 0 and "resumed from" in resumed.stdout, resumed.stderr[-3000:]
+    evaluated = run_script("ppo_selfplay.py", "--eval-checkpoint", os.path.join(run_dir, "best.pt"),
+                           "--eval-episodes", "2")
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    eval_dir = [d for d in run_dirs(tmp_path) if d != run_dir][-1]
+    assert os.path.getsize(os.path.join(eval_dir, "videos", "eval.mp4")) > 0
+    with open(os.path.join(eval_dir, "eval.json")) as f:
+        assert set(json.load(f)["win_draw_loss_diff"]) == set(m.BOTS)
+
+
+def alive(pid: int) -> bool:
+    """True while `pid` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize("target", ["learner", "process_group"])
+def test_ctrl_c_leaves_no_worker(tmp_path, target):
+    """SIGINT to the learner alone, or to the whole process group as a terminal's Ctrl-C does."""
+    command = [sys.executable, os.path.join(REPO, "ppo_selfplay.py"), "--runs-dir", str(tmp_path),
+               "--n-workers", "2", "--total-steps", "100000000", "--log-interval", "16384"]
+    # A shell starts background jobs with SIGINT ignored, and Python keeps it so: restore the default,
+    # as in an interactive terminal, so that this test means the same wherever pytest runs.
+    proc = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        pids = None
+        for line in proc.stdout:  # training has started once the first progress line is printed
+            if line.startswith("worker pids:"):
+                pids = [int(p) for p in line.split(":")[1].split()]
+            if line.startswith("step"):
+                break
+        assert pids and all(alive(pid) for pid in pids)
+        if target == "learner":
+            proc.send_signal(signal.SIGINT)
+        else:
+            os.killpg(proc.pid, signal.SIGINT)
+        _, stderr = proc.communicate(timeout=30)
+        assert proc.returncode != 0 and "interrupted" in stderr, stderr[-2000:]
+        deadline = time.time() + 5
+        while any(alive(pid) for pid in pids) and time.time() < deadline:
+            time.sleep(0.1)
+        assert not any(alive(pid) for pid in pids)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
