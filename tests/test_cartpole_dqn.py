@@ -95,7 +95,10 @@ def test_learns_cartpole(run_script, tmp_path):
 def test_ctrl_c_saves_a_resumable_checkpoint(tmp_path):
     command = [sys.executable, os.path.join(REPO, "cartpole_dqn.py"), "--runs-dir",
                str(tmp_path / "runs"), "--total-steps", "1000000", "--save-model", "--log-interval", "500"]
-    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, text=True)
+    # A shell starts background jobs with SIGINT ignored, and children inherit that: restore the
+    # default so this test behaves the same wherever pytest was started from.
+    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     for line in process.stdout:  # wait until training is under way
         if line.startswith("step"):
             break
