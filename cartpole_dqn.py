@@ -4,7 +4,6 @@
     python cartpole_dqn.py --eval-checkpoint runs/<run>/checkpoint.pt
     python cartpole_dqn.py --help
 """
-import json
 import os
 from collections import deque
 from dataclasses import asdict, dataclass
@@ -16,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from common.checkpoint import load_checkpoint, save_checkpoint
-from common.metrics import MetricsWriter
+from common.metrics import MetricsWriter, write_evaluation
 from common.utils import Progress, make_run_dir, parse_args, pick_device, seed_everything
 from common.video import VideoWriter
 
@@ -161,11 +160,9 @@ def evaluate(q_net, env_id: str, episodes: int, seed: int, device, video_path=No
 
 
 def report_evaluation(returns: list[float], run_dir: str) -> None:
-    mean = float(np.mean(returns)) if returns else float("nan")
+    mean = write_evaluation(run_dir, returns)
     print(f"greedy evaluation over {len(returns)} episodes: mean return {mean:.2f}, "
           f"returns {[round(r, 1) for r in returns]}", flush=True)
-    with open(os.path.join(run_dir, "eval.json"), "w") as f:
-        json.dump({"episodes": len(returns), "mean_return": mean, "returns": returns}, f)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ normalized per batch; both were measured to help here (observation normalization
     python lunarlander_nstep_ac.py --eval-checkpoint runs/<run>/checkpoint.pt
     python lunarlander_nstep_ac.py --help
 """
-import json
 import os
 from collections import deque
 from dataclasses import asdict, dataclass
@@ -23,7 +22,7 @@ import torch.nn as nn
 from torch.distributions import Categorical
 
 from common.checkpoint import load_checkpoint, save_checkpoint
-from common.metrics import MetricsWriter
+from common.metrics import MetricsWriter, write_evaluation
 from common.utils import Progress, make_run_dir, parse_args, pick_device, seed_everything
 from common.video import VideoWriter
 
@@ -194,11 +193,9 @@ def evaluate(model, env_id: str, episodes: int, seed: int, device, video_path=No
 
 
 def report_evaluation(returns: list[float], run_dir: str) -> None:
-    mean = float(np.mean(returns)) if returns else float("nan")
+    mean = write_evaluation(run_dir, returns)
     print(f"greedy evaluation over {len(returns)} episodes: mean return {mean:.2f}, "
           f"returns {[round(r, 1) for r in returns]}", flush=True)
-    with open(os.path.join(run_dir, "eval.json"), "w") as f:
-        json.dump({"episodes": len(returns), "mean_return": mean, "returns": returns}, f)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ common/mario.py); metrics.csv has each episode's final `x_pos` and `flag_get`.
     python mario_ddqn.py --eval-checkpoint runs/<run>/checkpoint.pt
     python mario_ddqn.py --help
 """
-import json
 import os
 from collections import deque
 from dataclasses import asdict, dataclass
@@ -23,7 +22,7 @@ import torch.nn.functional as F
 
 from common.checkpoint import load_checkpoint, save_checkpoint
 from common.mario import MarioEnv
-from common.metrics import MetricsWriter
+from common.metrics import MetricsWriter, write_evaluation
 from common.utils import Progress, make_run_dir, parse_args, pick_device, seed_everything
 from common.video import VideoWriter
 
@@ -248,14 +247,11 @@ def evaluate(q_net, args, episodes: int, device, video_path=None) -> list[dict]:
 
 
 def report_evaluation(results: list[dict], run_dir: str) -> None:
-    returns = [r["return"] for r in results]
-    mean = float(np.mean(returns)) if returns else float("nan")
     x_pos, flags = [r["x_pos"] for r in results], sum(r["flag_get"] for r in results)
+    mean = write_evaluation(run_dir, [r["return"] for r in results], flags=flags, results=results,
+                            mean_x_pos=float(np.mean(x_pos)) if x_pos else float("nan"))
     print(f"greedy evaluation over {len(results)} episodes: mean return {mean:.1f}, x_pos {x_pos}, "
           f"flags {flags}/{len(results)}", flush=True)
-    with open(os.path.join(run_dir, "eval.json"), "w") as f:
-        json.dump({"episodes": len(results), "mean_return": mean, "returns": returns, "flags": flags,
-                   "mean_x_pos": float(np.mean(x_pos)) if x_pos else float("nan"), "results": results}, f)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ grayscale, 84x84, 4 stacked, up to 30 no-op starts, FIRE on reset, 108k frames a
 actions: ALE/Pong-v5's repeat probability 0.25 (Machado et al., 2018) is kept; `--sticky-actions 0`
 gives the A3C paper's easier deterministic Pong. Rewards are clipped to [-1, 1] for learning only.
 """
-import json
 import os
 import queue as queue_lib
 import signal
@@ -32,7 +31,7 @@ from ale_py import roms
 from ale_py.vector_env import AtariVectorEnv
 
 from common.checkpoint import load_checkpoint, save_checkpoint
-from common.metrics import MetricsWriter
+from common.metrics import MetricsWriter, write_evaluation
 from common.utils import Progress, make_run_dir, parse_args, seed_everything
 from common.video import VideoWriter
 
@@ -258,10 +257,8 @@ def write_checkpoint(run_dir, script, model, optimizer, step: int, metrics, args
 
 
 def report_evaluation(returns: list[float], run_dir: str) -> None:
-    mean = float(np.mean(returns)) if returns else float("nan")
+    mean = write_evaluation(run_dir, returns)
     print(f"greedy evaluation over {len(returns)} episodes: mean return {mean:.2f}, returns {returns}")
-    with open(os.path.join(run_dir, "eval.json"), "w") as f:
-        json.dump({"episodes": len(returns), "mean_return": mean, "returns": returns}, f)
 
 
 if __name__ == "__main__":

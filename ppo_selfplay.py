@@ -7,7 +7,6 @@ pool of past snapshots, and only the best model (against a fixed panel) kept.
 import contextlib
 import copy
 import multiprocessing as mp
-import json
 import os
 from collections import deque
 from dataclasses import asdict, dataclass
@@ -18,7 +17,7 @@ import torch.nn as nn
 from torch.distributions import Categorical
 
 from common.checkpoint import load_checkpoint, save_checkpoint
-from common.metrics import MetricsWriter
+from common.metrics import MetricsWriter, write_evaluation
 from common.utils import Progress, make_run_dir, parse_args, pick_device, seed_everything
 from common.video import VideoWriter
 
@@ -362,9 +361,7 @@ def evaluate(actor, games: int, seed: int, device, run_dir: str, video_path=None
     print(f"greedy evaluation, {len(diff)} games: mean score difference {diff.mean():.2f}\n"
           "| opponent | win | draw | loss | mean score diff |\n|---|---|---|---|---|\n" + "\n".join(
               f"| {name} | {w:.0%} | {d:.0%} | {lo:.0%} | {m:+.2f} |" for name, (w, d, lo, m) in table.items()))
-    with open(os.path.join(run_dir, "eval.json"), "w") as f:
-        json.dump({"episodes": len(diff), "mean_return": float(diff.mean()), "returns": diff.tolist(),
-                   "win_draw_loss_diff": table}, f)
+    write_evaluation(run_dir, diff.tolist(), win_draw_loss_diff=table)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Metrics CSV (one row per finished episode and per log interval) and a learning-curve PNG."""
 import csv
+import json
 import os
 import time
 import warnings
@@ -40,6 +41,16 @@ class MetricsWriter:
     def close(self, y: str = "episode_return") -> None:
         self.file.close()
         plot_learning_curve(self.path, os.path.join(self.run_dir, "learning_curve.png"), y)
+
+
+def write_evaluation(run_dir: str, returns, **extra) -> float:
+    """Write `eval.json` (episodes, mean_return, returns, and any extra fields), the file
+    benchmarks/benchmark.py reads; return the mean return."""
+    returns = [float(r) for r in returns]
+    mean = float(np.mean(returns)) if returns else float("nan")
+    with open(os.path.join(run_dir, "eval.json"), "w") as f:
+        json.dump({"episodes": len(returns), "mean_return": mean, "returns": returns, **extra}, f)
+    return mean
 
 
 def read_episodes(csv_path: str, y: str = "episode_return"):
