@@ -24,20 +24,17 @@ from common.video import VideoWriter
 # The table is the unit square; player 0 defends x = 0, player 1 defends x = 1. Speeds are per step.
 PADDLE_HALF, PADDLE_SPEED, BALL_RADIUS = 0.1, 0.01, 0.01
 SERVE_SPEED, SPEEDUP, MAX_SPEED, MAX_ANGLE = 0.02, 1.15, 0.06, 1.0  # MAX_ANGLE in radians
-OBS_DIM, N_ACTIONS = 7, 3  # actions: 0 up (y decreases), 1 stay, 2 down
+OBS_DIM, N_ACTIONS, HIDDEN = 9, 3, 64  # actions: 0 up (y decreases), 1 stay, 2 down; HIDDEN: layer width
 
 
 class PongDuel:
     """`n` Pong games stepped together in numpy. Rewards are player 0's points won minus lost."""
     def __init__(self, n: int, seed: int, score_limit: int = 5, max_steps: int = 2000):
-        self.n, self.score_limit, self.max_steps, self.rng = n, score_limit, max_steps, np.random.default_rng(seed)
-        self.ball, self.paddles = np.zeros((n, 4)), np.zeros((n, 2))  # (x, y, vx, vy), paddle centres' y
+        self.n, self.score_limit, self.max_steps = n, score_limit, max_steps
+        self.rng = np.random.default_rng(seed)
+        self.ball, self.paddles = np.zeros((n, 4)), np.full((n, 2), 0.5)  # (x, y, vx, vy), paddle centres' y
         self.score, self.t = np.zeros((n, 2), dtype=np.int64), np.zeros(n, dtype=np.int64)
-        self.reset(np.ones(n, dtype=bool))
-
-    def reset(self, mask) -> None:
-        self.paddles[mask], self.score[mask], self.t[mask] = 0.5, 0, 0
-        self.serve(mask)
+        self.serve(np.ones(n, dtype=bool))
 
     def serve(self, mask) -> None:  # from the centre, towards a random side at a random angle
         k = int(mask.sum())
@@ -46,14 +43,19 @@ class PongDuel:
                                     side * SERVE_SPEED * np.cos(angle), SERVE_SPEED * np.sin(angle)], 1)
 
     def observe(self) -> tuple[np.ndarray, np.ndarray]:
-        """Each player's view with its own goal on the left: player 1 sees the table mirrored in x."""
-        obs0 = np.concatenate([2 * self.ball[:, :2] - 1, self.ball[:, 2:] / MAX_SPEED, 2 * self.paddles - 1,
-                               1 - self.t[:, None] / self.max_steps], 1).astype(np.float32)
-        # obs: ball x, y, vx, vy, own paddle, other paddle, time left; mirroring negates x and vx
-        return obs0, obs0[:, [0, 1, 2, 3, 5, 4, 6]] * np.array([-1, 1, -1, 1, 1, 1, 1], dtype=np.float32)
+        """Each player's view, own goal on the left (player 1 sees the table mirrored in x), plus two reads
+        of the ball's path: where it meets the goal line it heads for, how far a paddle can move by then."""
+        x, y, vx, vy = self.ball.T
+        steps = np.where(vx > 0, 1 - x, x) / np.maximum(np.abs(vx), 1e-6)
+        arrival = 1 - np.abs(1 - np.mod(y + vy * steps, 2))  # the straight path, folded at the walls
+        # ball x, y, vx, vy, own paddle, other paddle, time left, arrival, reach (mirrored: -x, -vx, swap)
+        obs0 = np.stack([2 * x - 1, 2 * y - 1, vx / MAX_SPEED, vy / MAX_SPEED, *(2 * self.paddles.T - 1),
+                         1 - self.t / self.max_steps, 2 * arrival - 1, 2 * PADDLE_SPEED * steps], 1)
+        obs0 = obs0.astype(np.float32)
+        return obs0, obs0[:, [0, 1, 2, 3, 5, 4, 6, 7, 8]] * np.float32([-1, 1, -1, 1, 1, 1, 1, 1, 1])
 
-    def step(self, a0, a1) -> tuple[np.ndarray, np.ndarray]:
-        """Player 0's reward and game-over flags of one step; finished games restart right away."""
+    def step(self, a0, a1) -> tuple[np.ndarray, ...]:
+        """Player 0's reward, game-over flags and both views after one step; finished games restart."""
         self.paddles += (np.stack([a0, a1], 1) - 1) * PADDLE_SPEED
         np.clip(self.paddles, PADDLE_HALF, 1 - PADDLE_HALF, out=self.paddles)
         b = self.ball
@@ -67,54 +69,49 @@ class PongDuel:
             # The return angle grows with the distance from the paddle centre; each hit is faster.
             speed = np.minimum(np.hypot(b[hit, 2], b[hit, 3]) * SPEEDUP, MAX_SPEED)
             angle, direction = offset[hit] * MAX_ANGLE, 1 - 2 * player
-            b[hit, 0] = player - (b[hit, 0] - player)
+            b[hit, 0] = 2 * player - b[hit, 0]  # reflected back onto the table
             b[hit, 2], b[hit, 3] = direction * speed * np.cos(angle), speed * np.sin(angle)
             self.score[miss, 1 - player] += 1
             reward[miss] = 2 * player - 1
-        self.serve(reward != 0)
         self.t += 1
         done = (self.score.max(1) >= self.score_limit) | (self.t >= self.max_steps)
-        self.reset(done)
-        return reward, done
+        self.paddles[done], self.score[done], self.t[done] = 0.5, 0, 0  # a new game
+        self.serve(done | (reward != 0))
+        return reward, done, *self.observe()
 
     def render(self, i: int, size: int = 160) -> np.ndarray:
-        """RGB frame of game `i`: paddles, ball, and each player's points as dots along the top."""
+        """RGB frame of game `i`: paddles, ball, and each player's points as a bar along the top."""
         frame, half = np.zeros((size, size, 3), dtype=np.uint8), int(PADDLE_HALF * size)
         for player, colour in ((0, (80, 160, 255)), (1, (255, 120, 80))):
             y, x = int(self.paddles[i, player] * size), player * (size - 3)
             frame[max(y - half, 0):y + half, x:x + 3] = colour
-            for k in range(self.score[i, player]):  # points as dots, from the centre line outwards
-                x = size // 2 + (2 * player - 1) * (8 + 6 * k)
-                frame[3:6, x:x + 3] = colour
+            left = 4 if player == 0 else size - 4 - 6 * self.score[i, 1]  # points: a bar from its own side
+            frame[3:6, left:left + 6 * self.score[i, player]] = colour
         bx, by = (np.clip(self.ball[i, :2], 0, 1) * (size - 3)).astype(int)
         frame[by:by + 3, bx:bx + 3] = 255
         return frame
 
 
-def _toward(target, paddle):  # up (0), down (2) or stay (1) in observation units (y * 2 - 1)
-    dead_zone = 2 * PADDLE_SPEED  # one paddle step: closer than that would only jitter
-    return np.where(target < paddle - dead_zone, 0, np.where(target > paddle + dead_zone, 2, 1))
+def _toward(target, paddle, dead_zone=2 * PADDLE_SPEED):  # up (0), down (2) or stay (1), in observation units
+    return np.where(target < paddle - dead_zone, 0, np.where(target > paddle + dead_zone, 2, 1))  # no jitter
 
 
 def predictor(obs, aim: float = 0.7):
     """Meets the ball where it will arrive, off-centre to angle it away from the opponent; else centres."""
-    x, y, vx, vy, _, other = ((obs[:, :6] + [1, 1, 0, 0, 1, 1]) / [2, 2, 1 / MAX_SPEED, 1 / MAX_SPEED, 2, 2]).T
-    arrival = np.mod(y + vy * x / np.maximum(-vx, 1e-6), 2)  # in table units, then unfold wall bounces
-    arrival = np.where(arrival > 1, 2 - arrival, arrival) + aim * PADDLE_HALF * np.sign(other - 0.5)
-    return _toward(np.where(vx < 0, 2 * arrival - 1, 0), obs[:, 4])
+    target = obs[:, 7] + aim * 2 * PADDLE_HALF * np.sign(obs[:, 5])  # paddle past the ball: ball angled away
+    return _toward(np.where(obs[:, 2] < 0, target, 0), obs[:, 4])
 
 
-# Scripted opponents: plain functions from a batch of observations (see PongDuel.observe) to a batch of
-# actions, easiest first (the curriculum's order). Add your own here.
+# Scripted opponents: functions from a batch of observations to a batch of actions, easiest first. Add yours.
 BOTS = {"random": lambda obs: np.random.randint(0, N_ACTIONS, len(obs)),
-        "slow_tracker": lambda obs: np.where(np.random.random(len(obs)) < 0.5, _toward(obs[:, 1], obs[:, 4]), 1),
+        "slow_tracker": lambda obs: np.where(np.random.random(len(obs)) < 0.5, BOTS["fast_tracker"](obs), 1),
         "fast_tracker": lambda obs: _toward(obs[:, 1], obs[:, 4]),  # follows the ball's height
         "predictor": predictor}
 
 
 @dataclass
 class Args:
-    total_steps: int = 50_000_000
+    total_steps: int = 30_000_000
     """learner steps (one per game per step), rounded up to whole rollouts"""
     seed: int = 1
     """seed of the games, the networks, the bots and the opponent sampling"""
@@ -152,19 +149,13 @@ class Args:
     """passes over each rollout"""
     clip_coef: float = 0.2
     """ε of the clipped surrogate objective"""
-    ent_coef: float = 0.01
-    """weight of the entropy bonus"""
-    vf_coef: float = 0.5
-    """weight of the value loss"""
-    max_grad_norm: float = 0.5
-    """gradient clipping by global norm"""
-    hidden_size: int = 64
-    """units in each of the two hidden layers of the actor and of the critic"""
-    curriculum_threshold: float = 0.8
+    ent_coef: float = 0.003
+    """weight of the entropy bonus, annealed linearly to 0"""
+    curriculum_threshold: float = 0.9
     """win rate over --curriculum-window games that beats a bot"""
     curriculum_window: int = 200
     """games in the curriculum's win rate"""
-    bot_fraction: float = 0.3
+    bot_fraction: float = 0.8
     """share of self-play games against the bots, so that nothing is forgotten"""
     pool_size: int = 10
     """self-play opponents: the latest --pool-size snapshots, recent ones more often"""
@@ -174,53 +165,45 @@ class Args:
     """games against each panel member (every bot and the snapshot that beat it)"""
 
     def __post_init__(self):
-        for name in ("total_steps", "log_interval", "n_games", "n_steps", "n_minibatches", "update_epochs",
-                     "hidden_size", "curriculum_window", "pool_size", "snapshot_interval", "panel_games"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        for name, value in asdict(self).items():  # every count but these must be positive
+            if type(value) is int and value <= 0 and name not in ("seed", "eval_episodes", "n_workers"):
+                raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")
         if self.eval_episodes < 0 or not 0 <= self.n_workers <= self.n_games or self.learning_rate <= 0:
-            raise ValueError("--eval-episodes must be >= 0, 0 <= --n-workers <= --n-games, --learning-rate > 0")
-        for path in (self.eval_checkpoint, self.resume):
-            if path is not None and not os.path.isfile(path):
-                raise ValueError(f"checkpoint not found: {path}")
+            raise ValueError("need --eval-episodes >= 0, 0 <= --n-workers <= --n-games, --learning-rate > 0")
+        if missing := [p for p in (self.eval_checkpoint, self.resume) if p and not os.path.isfile(p)]:
+            raise ValueError(f"checkpoint not found: {missing[0]}")
 
 
-def worker(conn, n_games: int, seed: int) -> None:
-    """Worker process: receives both players' actions for its shard of games, sends back the results."""
+def worker(conn, n_games: int, seed: int) -> None:  # a process stepping a shard of the games
     env = PongDuel(n_games, seed)
     # Ctrl-C reaches the whole process group, and a gone learner reads as EOF: the learner closes everything.
     with contextlib.suppress(KeyboardInterrupt, EOFError, BrokenPipeError):
         conn.send(env.observe())
         while (actions := conn.recv()) is not None:
-            conn.send((*env.step(*actions), *env.observe()))
+            conn.send(env.step(*actions))
 
 
-class Collector:  # the games, in `n_workers` shards stepped by worker processes (or in-process when 0)
+class Collector:  # the games, in shards stepped by `n_workers` processes (by the learner's process when 0)
     def __init__(self, n_games: int, n_workers: int, seed: int):
-        self.local = PongDuel(n_games, seed) if n_workers == 0 else None
-        self.bounds = np.cumsum([len(s) for s in np.array_split(np.arange(n_games), max(n_workers, 1))])
-        ctx = mp.get_context("spawn")  # a fresh interpreter: no forked torch threads or locks
-        ends = [ctx.Pipe() for _ in range(n_workers)]
-        self.pipes = [parent for parent, _ in ends]
-        self.procs = [ctx.Process(target=worker, args=(child, n, seed * 1000 + w), daemon=True)
-                      for w, ((_, child), n) in enumerate(zip(ends, np.diff(self.bounds, prepend=0)))]
-        for proc, (_, child) in zip(self.procs, ends):
-            proc.start()
+        self.local, ctx = PongDuel(n_games, seed) if n_workers == 0 else None, mp.get_context("spawn")
+        sizes = [len(shard) for shard in np.array_split(np.arange(n_games), max(n_workers, 1))]
+        self.cuts, self.pipes, self.procs = np.cumsum(sizes)[:-1], [], []
+        for w in range(n_workers):  # spawn: a fresh interpreter, no forked torch threads or locks
+            parent, child = ctx.Pipe()
+            self.procs.append(ctx.Process(target=worker, args=(child, sizes[w], seed * 1000 + w),
+                                          daemon=True))
+            self.procs[-1].start()
             child.close()  # only the worker holds its end now: a dead worker reads as EOF, not a hang
+            self.pipes.append(parent)
 
-    def observe(self):  # (obs0, obs1) of every game
-        return self.local.observe() if self.local else self._gather()
-
-    def step(self, a0, a1):
-        """(player 0's reward, game over, obs0, obs1) of every game; finished games restart."""
+    def step(self, a0=None, a1=None):
+        """(player 0's reward, game over, obs0, obs1) of every game; without actions: only (obs0, obs1)."""
         if self.local:
-            return (*self.local.step(a0, a1), *self.local.observe())
-        for pipe, b0, b1 in zip(self.pipes, np.split(a0, self.bounds[:-1]), np.split(a1, self.bounds[:-1])):
-            pipe.send((b0, b1))
-        return self._gather()
-
-    def _gather(self):  # the workers' results, concatenated in game order
-        return [np.concatenate(parts) for parts in zip(*(pipe.recv() for pipe in self.pipes))]
+            return self.local.observe() if a0 is None else self.local.step(a0, a1)
+        if a0 is not None:
+            for pipe, b0, b1 in zip(self.pipes, np.split(a0, self.cuts), np.split(a1, self.cuts)):
+                pipe.send((b0, b1))
+        return [np.concatenate(parts) for parts in zip(*(p.recv() for p in self.pipes))]  # in game order
 
     def close(self) -> None:  # stop the workers; kill any that does not stop
         for pipe, proc in zip(self.pipes, self.procs):
@@ -230,18 +213,18 @@ class Collector:  # the games, in `n_workers` shards stepped by worker processes
             proc.kill()
 
 
-def mlp(hidden: int, out: int, last_scale: float = 1.0) -> nn.Sequential:
-    net = nn.Sequential(nn.Linear(OBS_DIM, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
-                        nn.Linear(hidden, out))
+def mlp(out: int, last_scale: float = 1.0) -> nn.Sequential:
+    net = nn.Sequential(nn.Linear(OBS_DIM, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, HIDDEN), nn.ReLU(),
+                        nn.Linear(HIDDEN, out))
     net[-1].weight.data.mul_(last_scale)  # a small last actor layer starts near-uniform
     return net
 
 
 def policy_fn(actor: nn.Module, device, greedy: bool = False):
     """A network as an opponent-style function: obs batch -> action batch (sampled or greedy)."""
+    @torch.no_grad()
     def act(obs):
-        with torch.no_grad():
-            logits = actor(torch.as_tensor(obs, device=device))
+        logits = actor(torch.as_tensor(obs, device=device))
         return (logits.argmax(1) if greedy else Categorical(logits=logits).sample()).cpu().numpy()
     return act
 
@@ -256,12 +239,11 @@ def opponent_actions(fns, opp, obs) -> np.ndarray:
 
 def gae(rewards, values, dones, next_value, gamma: float, lam: float):
     """Advantages and returns; dones[t] = 1 when step t ended a game (no bootstrapping across it)."""
-    advantages, last = torch.zeros_like(rewards), 0.0
+    advantages, last, values = torch.zeros_like(rewards), 0.0, torch.cat([values, next_value[None]])
     for t in reversed(range(len(rewards))):
-        next_v = next_value if t == len(rewards) - 1 else values[t + 1]
-        delta = rewards[t] + gamma * (1 - dones[t]) * next_v - values[t]  # δ_t = r_t + γV(s_t+1) - V(s_t)
+        delta = rewards[t] + gamma * (1 - dones[t]) * values[t + 1] - values[t]  # δ_t = r_t + γV_t+1 - V_t
         advantages[t] = last = delta + gamma * lam * (1 - dones[t]) * last  # A_t = δ_t + γλ A_t+1
-    return advantages, advantages + values
+    return advantages, advantages + values[:-1]
 
 
 def clipped_surrogate(new_logp, old_logp, advantages, clip: float) -> torch.Tensor:
@@ -270,89 +252,96 @@ def clipped_surrogate(new_logp, old_logp, advantages, clip: float) -> torch.Tens
     return -torch.min(ratio * advantages, ratio.clamp(1 - clip, 1 + clip) * advantages).mean()
 
 
-def ppo_update(actor, critic, optimizer, obs, actions, old_logp, advantages, returns, args: Args) -> dict:
-    """Epochs of minibatch steps on clipped surrogate + value loss - entropy bonus (flat tensors)."""
-    params = [*actor.parameters(), *critic.parameters()]
+def ppo_update(actor, critic, optimizer, batch, args: Args, ent_coef: float, vf_coef=0.5, max_grad_norm=0.5):
+    """Epochs of minibatch steps on clipped surrogate + value loss - entropy bonus; the last losses."""
+    obs, actions, old_logp, advantages, returns = batch  # flat tensors
     for _ in range(args.update_epochs):
         for idx in torch.randperm(len(obs)).split(len(obs) // args.n_minibatches):
             dist, value = Categorical(logits=actor(obs[idx])), critic(obs[idx])[:, 0]
             logp, adv = dist.log_prob(actions[idx]), advantages[idx]
             adv = (adv - adv.mean()) / (adv.std() + 1e-8)  # per-minibatch advantage normalization
             pg_loss = clipped_surrogate(logp, old_logp[idx], adv, args.clip_coef)
-            v_loss = 0.5 * (value - returns[idx]).pow(2).mean()
-            entropy = dist.entropy().mean()
+            v_loss, entropy = 0.5 * (value - returns[idx]).pow(2).mean(), dist.entropy().mean()
             optimizer.zero_grad()
-            (pg_loss + args.vf_coef * v_loss - args.ent_coef * entropy).backward()
-            nn.utils.clip_grad_norm_(params, args.max_grad_norm)
+            (pg_loss + vf_coef * v_loss - ent_coef * entropy).backward()
+            nn.utils.clip_grad_norm_([*actor.parameters(), *critic.parameters()], max_grad_norm)
             optimizer.step()
-    return {"pg_loss": pg_loss.item(), "v_loss": v_loss.item(), "entropy": entropy.item(),
-            "approx_kl": (old_logp[idx] - logp).mean().item()}  # of the last minibatch
+    return {"pg_loss": pg_loss.item(), "v_loss": v_loss.item(), "entropy": entropy.item()}  # last minibatch
 
 
-class League:
-    """The opponents (bots, then snapshots of the learner), each game's opponent, Elo ratings, the
-    curriculum level and the panel (every bot and the snapshot that beat it) that judges the best model."""
+class League:  # the opponents (bots, then snapshots of the learner), each game's opponent, Elo, curriculum
     def __init__(self, args: Args, device, state: dict):
         self.args, self.device, self.rng = args, device, np.random.default_rng(args.seed)
-        self.names, self.fns, self.n_bots = list(BOTS), list(BOTS.values()), len(BOTS)
-        self.panel, self.window = list(range(self.n_bots)), deque(maxlen=args.curriculum_window)
-        self.level, self.snapshots = state.get("level", 0), {}
+        self.names, self.fns = list(BOTS), list(BOTS.values())
+        self.window = deque(maxlen=args.curriculum_window)  # curriculum: wins against the current bot
+        self.level, self.snapshots, self.panel = state.get("level", 0), {}, list(range(len(BOTS)))
         self.elo = state.get("elo", {name: 1000.0 for name in self.names + ["learner"]})
         for name, actor_state in state.get("snapshots", {}).items():
             self.add_snapshot(name, actor_state)
         self.opp = np.array([self.choose() for _ in range(args.n_games)])  # game i's opponent: fns[opp[i]]
+        self.diff, self.length = np.zeros(args.n_games), np.zeros(args.n_games, int)  # of the running games
+        self.recent = deque(maxlen=100)  # score differences of the last finished games
 
     def add_snapshot(self, name: str, actor_state: dict) -> None:
-        actor = mlp(self.args.hidden_size, N_ACTIONS).to(self.device)
+        actor = mlp(N_ACTIONS).to(self.device)
         actor.load_state_dict(actor_state)
         self.snapshots[name] = actor_state
         self.names.append(name)
         self.fns.append(policy_fn(actor, self.device))
         self.elo.setdefault(name, self.elo["learner"])  # a new snapshot starts at the learner's rating
-        self.panel += [len(self.names) - 1] if name.startswith("beat_") else []
+        self.panel += [len(self.names) - 1] if name.startswith("beat_") else []  # the bots and beat_* judge
 
-    def finish(self, i: int, score_diff: float, length: int, step: int, actor, metrics) -> None:
-        """Game i is over: rate and log it, move up the curriculum if its bot is beaten, pick a new opponent."""
-        k, name = self.opp[i], self.names[self.opp[i]]
-        expected = 1 / (1 + 10 ** ((self.elo[name] - self.elo["learner"]) / 400))  # E = 1 / (1 + 10^(ΔR/400))
-        delta = float(16 * ((np.sign(score_diff) + 1) / 2 - expected))  # R += K (S - E), S = 1, 1/2, 0; K = 16
-        self.elo["learner"], self.elo[name] = self.elo["learner"] + delta, self.elo[name] - delta
-        metrics.episode(step, score_diff, length, opponent=name, win=int(score_diff > 0), elo=self.elo["learner"],
-                        level=self.level, **({"win_vs_strongest": int(score_diff > 0)} if k == self.n_bots - 1 else {}))
-        self.window.extend([score_diff > 0] if k == self.level < self.n_bots else [])
-        if len(self.window) == self.window.maxlen and np.mean(self.window) >= self.args.curriculum_threshold:
-            print(f"step {step}: won {np.mean(self.window):.0%} of {len(self.window)} games against {name}", flush=True)
-            self.add_snapshot(f"beat_{name}", copy.deepcopy(actor.state_dict()))
-            self.level += 1
-            self.window.clear()
-        self.opp[i] = self.choose()
+    def record(self, reward, done, step: int, actor, metrics) -> None:
+        """A step of every game; finished ones are rated, logged, move the curriculum, get a new opponent."""
+        self.diff, self.length = self.diff + reward, self.length + 1  # score difference and length so far
+        for i in np.flatnonzero(done):
+            k, name, diff = self.opp[i], self.names[self.opp[i]], self.diff[i]
+            expected = 1 / (1 + 10 ** ((self.elo[name] - self.elo["learner"]) / 400))  # E=1/(1+10^(ΔR/400))
+            delta = float(16 * ((np.sign(diff) + 1) / 2 - expected))  # R += K (S - E), S = 1, 1/2, 0; K = 16
+            self.elo["learner"], self.elo[name] = self.elo["learner"] + delta, self.elo[name] - delta
+            strongest = {"win_vs_strongest": int(diff > 0)} if k == len(BOTS) - 1 else {}
+            metrics.episode(step, diff, self.length[i], opponent=name, win=int(diff > 0),
+                            elo=self.elo["learner"], level=self.level, **strongest)
+            self.recent.append(diff)
+            self.window.extend([diff > 0] if k == self.level < len(BOTS) else [])
+            full = len(self.window) == self.window.maxlen
+            if full and np.mean(self.window) >= self.args.curriculum_threshold:
+                print(f"step {step}: won {np.mean(self.window):.0%} of {len(self.window)} games vs {name}")
+                self.add_snapshot(f"beat_{name}", copy.deepcopy(actor.state_dict()))
+                self.level += 1
+                self.window.clear()
+            self.opp[i] = self.choose()
+        self.diff[done], self.length[done] = 0, 0
 
     def choose(self) -> int:
-        """The curriculum's bot; later a bot or a pool snapshot, weighted 1, 2, ... from weakest/oldest up."""
-        if self.level < self.n_bots:
+        """The curriculum's bot; after it a recent snapshot (weights 1, 2, .. up to the newest) or a bot (the
+        stronger, by Elo, the more often) in --bot-fraction of the games."""
+        if self.level < len(BOTS):
             return self.level
-        pool = np.arange(max(self.n_bots, len(self.names) - self.args.pool_size), len(self.names))
-        if len(pool) == 0 or self.rng.random() < self.args.bot_fraction:
-            pool = np.arange(self.n_bots)  # the bots, the stronger ones more often
-        return int(self.rng.choice(pool, p=np.arange(1, len(pool) + 1) / (len(pool) * (len(pool) + 1) / 2)))
+        pool = np.arange(max(len(BOTS), len(self.names) - self.args.pool_size), len(self.names))
+        if len(pool) and self.rng.random() >= self.args.bot_fraction:
+            weights = np.arange(1, len(pool) + 1)  # 1, 2, .., newest
+            return int(self.rng.choice(pool, p=weights / weights.sum()))
+        lose = 1 / (1 + 10 ** ((self.elo["learner"] - np.array([self.elo[n] for n in BOTS])) / 400))  # 1 - E
+        return int(self.rng.choice(len(BOTS), p=(lose ** 2 + 0.01) / (lose ** 2 + 0.01).sum()))
 
 
 def play(policy, fns, opp, seed: int, video=None) -> np.ndarray:
     """Score differences of `policy` (player 0) in len(opp) games against fns[opp[i]]."""
     env = PongDuel(len(opp), seed)
-    diff, done = np.zeros(len(opp)), np.zeros(len(opp), dtype=bool)
+    (obs0, obs1), diff, done = env.observe(), np.zeros(len(opp)), np.zeros(len(opp), dtype=bool)
     while not done.all():
-        obs0, obs1 = env.observe()
         if video and not done[0]:
             video.add(env.render(0))
-        reward, finished = env.step(policy(obs0), opponent_actions(fns, opp, obs1))
+        reward, finished, obs0, obs1 = env.step(policy(obs0), opponent_actions(fns, opp, obs1))
         diff, done = diff + reward * ~done, done | finished
     return diff
 
 
-def evaluate(actor, games: int, seed: int, device, run_dir: str, video_path=None) -> None:
-    """Greedy games against every bot, strongest first (the first is filmed): a table and eval.json."""
-    names, video = list(BOTS)[::-1], VideoWriter(video_path, fps=60) if video_path else None
+def evaluate(actor, games: int, seed: int, device, run_dir: str, film: bool) -> None:
+    """Greedy games against every bot, strongest first (the first may be filmed): a table and eval.json."""
+    names = list(BOTS)[::-1]
+    video = VideoWriter(os.path.join(run_dir, "videos", "eval.mp4"), fps=60) if film else None
     diff = play(policy_fn(actor, device, greedy=True), list(BOTS.values())[::-1],
                 np.repeat(np.arange(len(names)), games), seed + 12345, video)
     video and video.close()
@@ -360,7 +349,7 @@ def evaluate(actor, games: int, seed: int, device, run_dir: str, video_path=None
              for name, d in zip(names, diff.reshape(-1, games))}
     print(f"greedy evaluation, {len(diff)} games: mean score difference {diff.mean():.2f}\n"
           "| opponent | win | draw | loss | mean score diff |\n|---|---|---|---|---|\n" + "\n".join(
-              f"| {name} | {w:.0%} | {d:.0%} | {lo:.0%} | {m:+.2f} |" for name, (w, d, lo, m) in table.items()))
+              f"| {n} | {w:.0%} | {d:.0%} | {lo:.0%} | {m:+.2f} |" for n, (w, d, lo, m) in table.items()))
     write_evaluation(run_dir, diff.tolist(), win_draw_loss_diff=table)
 
 
@@ -373,11 +362,10 @@ if __name__ == "__main__":
     device = pick_device(args.cuda)
     run_dir = make_run_dir(args.runs_dir, "PongDuel", script, args.seed)
     print(f"run directory: {run_dir} | device: {device}", flush=True)
-    actor, critic = mlp(args.hidden_size, N_ACTIONS, 0.01).to(device), mlp(args.hidden_size, 1).to(device)
+    actor, critic = mlp(N_ACTIONS, 0.01).to(device), mlp(1).to(device)
     if args.eval_checkpoint:
         actor.load_state_dict(load_checkpoint(args.eval_checkpoint, script, device)["actor"])
-        evaluate(actor, max(args.eval_episodes, 1), args.seed, device, run_dir,
-                 os.path.join(run_dir, "videos", "eval.mp4"))
+        evaluate(actor, max(args.eval_episodes, 1), args.seed, device, run_dir, film=True)
         raise SystemExit(0)
     optimizer = torch.optim.Adam([*actor.parameters(), *critic.parameters()], lr=args.learning_rate, eps=1e-5)
     state = load_checkpoint(args.resume, script, device) if args.resume else {}
@@ -385,57 +373,53 @@ if __name__ == "__main__":
         actor.load_state_dict(state["actor"]), critic.load_state_dict(state["critic"])
         optimizer.load_state_dict(state["optimizer"])
         print(f"resumed from {args.resume} at update {state['update']}, curriculum level {state['level']}")
-    league, batch_size, start_update = League(args, device, state), args.n_games * args.n_steps, state.get("update", 0)
+    league, batch_size = League(args, device, state), args.n_games * args.n_steps
+    start_update = state.get("update", 0)
     n_updates = -(-args.total_steps // batch_size)  # whole rollouts
     collector = Collector(args.n_games, args.n_workers, args.seed)
-    print(f"worker pids: {' '.join(str(p.pid) for p in collector.procs)}", flush=True)
     metrics = MetricsWriter(run_dir, ("opponent", "win", "win_vs_strongest", "elo", "level", "pg_loss",
-                                      "v_loss", "entropy", "approx_kl", "panel_score"), state.get("time_s", 0.0))
+                                      "v_loss", "entropy", "panel_score"), state.get("time_s", 0.0))
     progress = Progress(n_updates * batch_size, start_update * batch_size)
     obs_buf = torch.zeros((args.n_steps, args.n_games, OBS_DIM), device=device)
-    act_buf, logp_buf, val_buf, rew_buf, done_buf = torch.zeros((5, args.n_steps, args.n_games), device=device)
-    game_return, game_length = np.zeros(args.n_games), np.zeros(args.n_games, dtype=np.int64)
-    recent, best_score, best_actor, panel_score = deque(maxlen=100), -1.0, None, float("nan")
+    act_buf, logp_buf, val_buf, rew_buf, done_buf = torch.zeros((5, args.n_steps, args.n_games),
+                                                                device=device)
+    best_score, best_actor, panel_score = -1.0, None, float("nan")
     try:
-        obs0, obs1 = collector.observe()
+        obs0, obs1 = collector.step()
         for update in range(start_update, n_updates):
-            optimizer.param_groups[0]["lr"] = args.learning_rate * (1 - update / n_updates)  # annealing
-            for t in range(args.n_steps):
-                obs_buf[t] = torch.as_tensor(obs0, device=device)
-                with torch.no_grad():
-                    dist, val_buf[t] = Categorical(logits=actor(obs_buf[t])), critic(obs_buf[t])[:, 0]
-                act_buf[t] = dist.sample()
-                logp_buf[t] = dist.log_prob(act_buf[t])
-                reward, done, obs0, obs1 = collector.step(act_buf[t].long().cpu().numpy(),
-                                                          opponent_actions(league.fns, league.opp, obs1))
-                rew_buf[t], done_buf[t] = torch.as_tensor(reward), torch.as_tensor(done)
-                game_return, game_length = game_return + reward, game_length + 1
-                step = (update * args.n_steps + t + 1) * args.n_games
-                for i in np.flatnonzero(done):
-                    league.finish(i, game_return[i], game_length[i], step, actor, metrics)
-                    recent.append(game_return[i])
-                game_return[done], game_length[done] = 0, 0
+            frac = 1 - update / n_updates  # learning rate and entropy bonus are annealed linearly to 0
+            optimizer.param_groups[0]["lr"] = args.learning_rate * frac
             with torch.no_grad():
+                for t in range(args.n_steps):
+                    obs_buf[t] = torch.as_tensor(obs0, device=device)
+                    dist, val_buf[t] = Categorical(logits=actor(obs_buf[t])), critic(obs_buf[t])[:, 0]
+                    act_buf[t] = dist.sample()
+                    logp_buf[t] = dist.log_prob(act_buf[t])
+                    reward, done, obs0, obs1 = collector.step(act_buf[t].long().cpu().numpy(),
+                                                              opponent_actions(league.fns, league.opp, obs1))
+                    rew_buf[t], done_buf[t] = torch.as_tensor(reward), torch.as_tensor(done)
+                    step = (update * args.n_steps + t + 1) * args.n_games
+                    league.record(reward, done, step, actor, metrics)
                 next_value = critic(torch.as_tensor(obs0, device=device))[:, 0]
             advantages, returns = gae(rew_buf, val_buf, done_buf, next_value, args.gamma, args.gae_lambda)
-            losses = ppo_update(actor, critic, optimizer, obs_buf.flatten(0, 1), act_buf.flatten(),
-                                logp_buf.flatten(), advantages.flatten(), returns.flatten(), args)
-            if league.level >= league.n_bots and (update + 1) % args.snapshot_interval == 0:
+            batch = [buf.flatten(0, 1) for buf in (obs_buf, act_buf, logp_buf, advantages, returns)]
+            losses = ppo_update(actor, critic, optimizer, batch, args, args.ent_coef * frac)
+            if league.level >= len(BOTS) and (update + 1) % args.snapshot_interval == 0:
                 league.add_snapshot(f"snap_{update + 1}", copy.deepcopy(actor.state_dict()))
-                # Keep the best model by its greedy score (win 1, draw 1/2) against the fixed panel.
                 diff = play(policy_fn(actor, device, greedy=True), league.fns,
                             np.repeat(league.panel, args.panel_games), args.seed + update)
-                panel_score = float(np.mean((np.sign(diff) + 1) / 2))
+                panel_score = float(np.mean((np.sign(diff) + 1) / 2))  # greedy: win 1, draw 1/2, loss 0
                 if panel_score > best_score:
                     best_score, best_actor = panel_score, copy.deepcopy(actor.state_dict())
                     print(f"step {step}: new best model, panel score {panel_score:.3f}", flush=True)
                     if args.save_model:
                         save_checkpoint(os.path.join(run_dir, "best.pt"),
                                         {"script": script, "actor": best_actor, "panel_score": panel_score})
-            if step // args.log_interval > (step - batch_size) // args.log_interval or update == n_updates - 1:
+            last_update = update + 1 == n_updates
+            if last_update or step // args.log_interval > (step - batch_size) // args.log_interval:
                 metrics.log(step, progress.steps_per_second(step), level=league.level,
                             panel_score=panel_score, elo=league.elo["learner"], **losses)
-                progress.print(step, recent)
+                progress.print(step, league.recent)
     except KeyboardInterrupt:
         raise SystemExit("interrupted: workers stopped, nothing saved")
     finally:
@@ -449,8 +433,6 @@ if __name__ == "__main__":
             "script": script, "actor": actor.state_dict(), "critic": critic.state_dict(),
             "optimizer": optimizer.state_dict(), "update": n_updates, "time_s": metrics.elapsed(),
             "level": league.level, "elo": league.elo, "snapshots": league.snapshots, "args": asdict(args)})
-    if best_actor is not None:  # the best model, not the last, is evaluated
-        actor.load_state_dict(best_actor)
+    actor.load_state_dict(best_actor or actor.state_dict())  # the best model, once self-play judged one
     if args.eval_episodes > 0:
-        video_path = os.path.join(run_dir, "videos", "eval.mp4") if args.capture_video else None
-        evaluate(actor, args.eval_episodes, args.seed, device, run_dir, video_path)
+        evaluate(actor, args.eval_episodes, args.seed, device, run_dir, film=args.capture_video)

@@ -43,12 +43,35 @@ def test_swapping_players_mirrors_observations_and_dynamics():
         np.testing.assert_allclose(sw0, obs1, atol=1e-6)
         np.testing.assert_allclose(sw1, obs0, atol=1e-6)
         a0, a1 = rng.integers(0, 3, env.n), rng.integers(0, 3, env.n)
-        reward, _ = env.step(a0, a1)
-        sw_reward, _ = swapped.step(a1, a0)
+        reward, *_ = env.step(a0, a1)
+        sw_reward, *_ = swapped.step(a1, a0)
         np.testing.assert_allclose(sw_reward, -reward)
     # Every scripted bot answers the mirrored view the same way (deterministic bots only).
     for name in ("fast_tracker", "predictor"):
         np.testing.assert_array_equal(m.BOTS[name](env.observe()[1]), m.BOTS[name](swapped.observe()[0]))
+
+
+def test_arrival_and_reach_features():
+    """A paddle placed where the observation says the ball will meet the goal line returns every ball,
+    after the number of steps the `reach` feature gives."""
+    env, n = m.PongDuel(256, seed=2), 256
+    random_state(env, np.random.default_rng(1))
+    env.ball[:, 2] = np.where(env.ball[:, 2] < 0, -1, 1) * np.maximum(np.abs(env.ball[:, 2]), 0.01)
+    obs0, obs1 = env.observe()
+    np.testing.assert_array_equal(obs0[:, 7:], obs1[:, 7:])  # the same for both players
+    arrival, steps = (obs0[:, 7] + 1) / 2, obs0[:, 8] / (2 * m.PADDLE_SPEED)
+    heading = (env.ball[:, 2] > 0).astype(int)  # the player whose goal line the ball heads for
+    env.paddles[np.arange(n), heading] = np.clip(arrival, m.PADDLE_HALF, 1 - m.PADDLE_HALF)
+    returned_at, height, vy = np.zeros(n), np.zeros(n), np.zeros(n)
+    for t in range(1, 100):
+        vx, vy[returned_at == 0] = env.ball[:, 2].copy(), env.ball[returned_at == 0, 3]
+        reward, *_ = env.step(np.ones(n, int), np.ones(n, int))
+        assert not reward[returned_at == 0].any()  # no miss before the first return
+        first = (np.sign(env.ball[:, 2]) != np.sign(vx)) & (returned_at == 0)
+        returned_at[first], height[first] = t, env.ball[first, 1]
+    assert (returned_at > 0).all()
+    assert np.all(np.abs(returned_at - steps) <= 1)
+    assert np.all(np.abs(height - arrival) <= np.abs(vy) + 1e-6)  # it crosses between two steps
 
 
 def test_scoring_hits_and_game_end():
@@ -57,7 +80,7 @@ def test_scoring_hits_and_game_end():
     env.ball[:] = [[0.005, 0.5, -0.02, 0.0], [0.005, 0.5, -0.02, 0.0], [0.995, 0.5, 0.02, 0.0]]
     env.paddles[:] = [[0.85, 0.5], [0.45, 0.5], [0.5, 0.2]]
     env.score[2] = [1, 0]
-    reward, done = env.step(np.ones(3, int), np.ones(3, int))
+    reward, done, obs0, _ = env.step(np.ones(3, int), np.ones(3, int))
     np.testing.assert_array_equal(reward, [-1, 0, 1])
     np.testing.assert_array_equal(done, [False, False, True])
     np.testing.assert_array_equal(env.score, [[0, 1], [0, 0], [0, 0]])  # game 2 restarted
@@ -75,7 +98,7 @@ def test_same_seed_same_games():
     def trajectory(seed):
         env, rng, out = m.PongDuel(16, seed), np.random.default_rng(0), []
         for _ in range(3000):
-            reward, done = env.step(rng.integers(0, 3, 16), m.BOTS["fast_tracker"](env.observe()[1]))
+            reward, done, *_ = env.step(rng.integers(0, 3, 16), m.BOTS["fast_tracker"](env.observe()[1]))
             out.append(np.concatenate([env.observe()[0].ravel(), reward, done]))
         return np.array(out)
 
@@ -166,10 +189,11 @@ def test_ctrl_c_leaves_no_worker(tmp_path, target):
     try:
         pids = None
         for line in proc.stdout:  # training has started once the first progress line is printed
-            if line.startswith("worker pids:"):
-                pids = [int(p) for p in line.split(":")[1].split()]
             if line.startswith("step"):
                 break
+        with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as f:  # the worker processes
+            pids = [int(p) for p in f.read().split()]
+        assert len(pids) >= 2  # the two workers (and a spawn resource tracker)
         assert pids and all(alive(pid) for pid in pids)
         if target == "learner":
             proc.send_signal(signal.SIGINT)
