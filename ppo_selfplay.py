@@ -289,7 +289,7 @@ class League:  # the opponents (bots, then snapshots of the learner), each game'
         self.names.append(name)
         self.fns.append(policy_fn(actor, self.device))
         self.elo.setdefault(name, self.elo["learner"])  # a new snapshot starts at the learner's rating
-        self.panel += [len(self.names) - 1] if name.startswith("beat_") else []  # the bots and beat_* judge
+        self.panel += [len(self.names) - 1] if name.startswith("beat_") else []  # judges: bots, beat_* snaps
 
     def record(self, reward, done, step: int, actor, metrics) -> None:
         """A step of every game; finished ones are rated, logged, move the curriculum, get a new opponent."""
