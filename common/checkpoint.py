@@ -1,4 +1,5 @@
 """Checkpoints: state dicts and plain data, written atomically, loaded with weights_only=True."""
+import contextlib
 import os
 import tempfile
 
@@ -19,8 +20,9 @@ def save_checkpoint(path: str, state: dict) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
-    except BaseException:
-        os.unlink(tmp_path)
+    except BaseException:  # KeyboardInterrupt too; it may arrive after the rename is done
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_path)
         raise
 
 

@@ -40,6 +40,23 @@ def test_checkpoint_write_failure_keeps_previous(tmp_path):
     assert os.listdir(tmp_path) == ["ckpt.pt"]
 
 
+def test_checkpoint_interrupted_just_after_rename_stays_an_interrupt(tmp_path, monkeypatch):
+    """Ctrl-C can land between the rename and the end of save_checkpoint: the scripts must see a
+    KeyboardInterrupt (their clean-stop path), not a FileNotFoundError from the cleanup."""
+    rename = os.replace
+
+    def rename_then_interrupt(src, dst):
+        rename(src, dst)
+        raise KeyboardInterrupt
+
+    path = str(tmp_path / "ckpt.pt")
+    monkeypatch.setattr(os, "replace", rename_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, {"script": "demo", "global_step": 2})
+    assert load_checkpoint(path, "demo")["global_step"] == 2
+    assert os.listdir(tmp_path) == ["ckpt.pt"]
+
+
 def test_load_checkpoint_errors_are_one_line(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     save_checkpoint(str(tmp_path / "other.pt"), {"script": "other"})

@@ -115,7 +115,7 @@ def alive(pid):
 
 
 def test_sigint_checkpoints_and_leaves_no_child(tmp_path):
-    proc, out, _ = start(tmp_path, "--n-workers", "2", "--log-interval", "500",
+    proc, out, err = start(tmp_path, "--n-workers", "2", "--log-interval", "500",
                          "--eval-interval", "1000")
     wait_for(out, r"evaluator pid \d+", proc)
     wait_for(out, r"step +\d+/", proc)  # training is under way
@@ -127,7 +127,7 @@ def test_sigint_checkpoints_and_leaves_no_child(tmp_path):
     while any(alive(pid) for pid in children) and time.monotonic() < sent + 10:
         time.sleep(0.1)
     assert time.monotonic() - sent < 10
-    assert proc.returncode == 130
+    assert proc.returncode == 130, err.read_text()[-3000:]
     assert not [pid for pid in children if alive(pid)]
     (run_dir,) = run_dirs(tmp_path)
     state = torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=True)
