@@ -4,7 +4,7 @@
     python pong_a3c.py --resume runs/<run>/checkpoint.pt   # or --eval-checkpoint PATH; --help
 
 The global actor-critic and Adam's moments and step counts live in shared memory. Each worker
-process (spawn) owns an env and a local network: copy the global weights, play --n-steps steps
+process (spawn) owns its envs and a local network: copy the global weights, play --n-steps steps
 (episodes go on across rollouts), compute the gradient, hand it to the global parameters, step the
 shared optimizer with no lock (Hogwild!). An evaluator process plays a greedy episode with a video
 every --eval-interval steps. The main process logs what the children report through a queue and
@@ -61,13 +61,13 @@ class Args:
     log_interval: int = 50_000
     """global env steps between progress lines, `log` rows in metrics.csv and checkpoints"""
     n_workers: int = os.cpu_count() or 1
-    """worker processes, each with its own environment (default: the number of CPU cores)"""
+    """worker processes, each with its own environments (default: the number of CPU cores)"""
     n_steps: int = 20
     """rollout length: env steps per worker between two updates of the global network"""
-    envs_per_worker: int = 1
+    envs_per_worker: int = 4
     """envs stepped in lockstep by each worker (1: the A3C paper; more amortise the forward pass)"""
-    learning_rate: float = 1e-4
-    """Adam learning rate of the shared optimizer"""
+    learning_rate: float = 5e-4
+    """Adam learning rate of the shared optimizer (measured with 4 envs per worker, 80-step batches)"""
     gamma: float = 0.99
     """discount factor"""
     ent_coef: float = 0.01
