@@ -1,29 +1,55 @@
 """Checkpoints: state dicts and plain data, written atomically, loaded with weights_only=True."""
 import contextlib
 import os
+import signal
 import tempfile
+import threading
 
 import torch
+
+
+@contextlib.contextmanager
+def signals_held():
+    """Hold Ctrl-C and SIGTERM until the block is done, then deliver the first one received.
+
+    A KeyboardInterrupt raised inside torch.save leaves its zip writer half-done, and the writer's
+    cleanup then raises a RuntimeError in its place: the script would crash instead of stopping
+    cleanly. Only the main thread can set signal handlers; elsewhere nothing is held.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+    previous = {signum: signal.signal(signum, lambda signum, frame: received.append(signum))
+                for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+        if received:
+            signal.raise_signal(received[0])
 
 
 def save_checkpoint(path: str, state: dict) -> None:
     """Write to a temporary file in the same directory, then rename it over `path`.
 
-    A crash mid-write leaves the previous checkpoint intact: `os.replace` is atomic.
+    A crash mid-write leaves the previous checkpoint intact: `os.replace` is atomic. Ctrl-C or
+    SIGTERM during the write takes effect once the new checkpoint is in place.
     """
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(dir=directory, prefix=".checkpoint-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_path, path)
-    except BaseException:  # KeyboardInterrupt too; it may arrive after the rename is done
-        with contextlib.suppress(FileNotFoundError):
+    with signals_held():
+        fd, tmp_path = tempfile.mkstemp(dir=directory, prefix=".checkpoint-", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(state, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp_path, path)
+        except BaseException:
             os.unlink(tmp_path)
-        raise
+            raise
 
 
 def load_checkpoint(path: str, script: str, device="cpu") -> dict:

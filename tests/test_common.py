@@ -1,5 +1,6 @@
 """common/: checkpoints, videos, metrics and the one-line argument errors."""
 import os
+import signal
 import warnings
 from dataclasses import dataclass
 
@@ -40,17 +41,18 @@ def test_checkpoint_write_failure_keeps_previous(tmp_path):
     assert os.listdir(tmp_path) == ["ckpt.pt"]
 
 
-def test_checkpoint_interrupted_just_after_rename_stays_an_interrupt(tmp_path, monkeypatch):
-    """Ctrl-C can land between the rename and the end of save_checkpoint: the scripts must see a
-    KeyboardInterrupt (their clean-stop path), not a FileNotFoundError from the cleanup."""
-    rename = os.replace
+def test_ctrl_c_during_a_checkpoint_write_waits_for_the_file(tmp_path, monkeypatch):
+    """Ctrl-C in the middle of torch.save: the new checkpoint is still completed, and then the
+    KeyboardInterrupt arrives (a half-written zip made torch raise a RuntimeError instead)."""
+    save = torch.save
 
-    def rename_then_interrupt(src, dst):
-        rename(src, dst)
-        raise KeyboardInterrupt
+    def save_interrupted(obj, f):
+        os.kill(os.getpid(), signal.SIGINT)
+        save(obj, f)
 
     path = str(tmp_path / "ckpt.pt")
-    monkeypatch.setattr(os, "replace", rename_then_interrupt)
+    save_checkpoint(path, {"script": "demo", "global_step": 1})
+    monkeypatch.setattr(torch, "save", save_interrupted)
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint(path, {"script": "demo", "global_step": 2})
     assert load_checkpoint(path, "demo")["global_step"] == 2
