@@ -154,11 +154,13 @@ def test_returns_improve_on_breakout_within_minutes(run_script, tmp_path):
     """The same code path at CI cost (about 2.5 minutes on 2 cores): Pong's sparse points show no
     progress in that time, so this runs ALE Breakout, whose returns rise within 200k steps (random
     play: about 1.3 per game). It shows that the workers' Hogwild updates improve the policy; it
-    does not show that Pong is learned (see the README's benchmark for that)."""
+    does not show that Pong is learned (see the README's benchmark for that). Sticky actions stay
+    at 0.25, the setting this test was seen failing with when learning was disabled."""
     result = run_script("pong_a3c.py", "--env-id", "ALE/Breakout-v5", "--n-workers", "2",
                         "--envs-per-worker", "4", "--learning-rate", "5e-4", "--total-steps",
                         "200000", "--eval-interval", "0", "--eval-episodes", "0", "--no-save-model",
-                        "--log-interval", "20000", "--seed", "1", timeout=360)
+                        "--log-interval", "20000", "--seed", "1", "--sticky-actions", "0.25",
+                        timeout=360)
     assert result.returncode == 0, result.stderr[-3000:]
     (run_dir,) = run_dirs(tmp_path)
     with open(os.path.join(run_dir, "metrics.csv")) as f:
