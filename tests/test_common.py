@@ -53,8 +53,14 @@ def test_ctrl_c_during_a_checkpoint_write_waits_for_the_file(tmp_path, monkeypat
     path = str(tmp_path / "ckpt.pt")
     save_checkpoint(path, {"script": "demo", "global_step": 1})
     monkeypatch.setattr(torch, "save", save_interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        save_checkpoint(path, {"script": "demo", "global_step": 2})
+    # Python's own Ctrl-C handler, as in a terminal: a background CI shell starts us with SIGINT
+    # ignored, and an ignored signal must stay ignored after the write.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            save_checkpoint(path, {"script": "demo", "global_step": 2})
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert load_checkpoint(path, "demo")["global_step"] == 2
     assert os.listdir(tmp_path) == ["ckpt.pt"]
 
