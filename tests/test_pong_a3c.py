@@ -155,12 +155,14 @@ def test_returns_improve_on_breakout_within_minutes(run_script, tmp_path):
     progress in that time, so this runs ALE Breakout, whose returns rise within 200k steps (random
     play: about 1.3 per game). It shows that the workers' Hogwild updates improve the policy; it
     does not show that Pong is learned (see the README's benchmark for that). Sticky actions stay
-    at 0.25, the setting this test was seen failing with when learning was disabled."""
+    at 0.25, the setting this test was seen failing with when learning was disabled. The timeout
+    only guards against a hang: the pass criterion counts steps, and CI hosts have run this at a
+    third of this machine's speed (430 steps/s, about 8 minutes)."""
     result = run_script("pong_a3c.py", "--env-id", "ALE/Breakout-v5", "--n-workers", "2",
                         "--envs-per-worker", "4", "--learning-rate", "5e-4", "--total-steps",
                         "200000", "--eval-interval", "0", "--eval-episodes", "0", "--no-save-model",
                         "--log-interval", "20000", "--seed", "1", "--sticky-actions", "0.25",
-                        timeout=360)
+                        timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     (run_dir,) = run_dirs(tmp_path)
     with open(os.path.join(run_dir, "metrics.csv")) as f:
