@@ -1,16 +1,17 @@
 """Double DQN (van Hasselt et al., 2016) on Super Mario Bros 1-1, from pixels.
 
-The online network picks the next action, the target network scores it; frames are max-pooled
-over a 4-frame skip, grayscaled, area-resized to 84x84 and stacked by 4; the replay buffer keeps
-each frame once. Episodes end at the first life lost, the flag, or the in-game clock (see
-common/mario.py); metrics.csv has each episode's final `x_pos` and `flag_get`.
+The online network picks the next action and the target network scores it, on n-step returns.
+Frames are max-pooled over a 4-frame skip, grayscaled, area-resized to 84x84 and stacked by 4; the
+replay buffer keeps each frame once; the emulator steps in a thread while the network learns. An
+episode ends at the first life lost, the flag or the in-game clock (see common/mario.py).
 
     python mario_ddqn.py                             # train, then evaluate greedily
-    python mario_ddqn.py --eval-checkpoint runs/<run>/checkpoint.pt
-    python mario_ddqn.py --help
+    python mario_ddqn.py --eval-checkpoint runs/<run>/checkpoint.pt     # or --help
 """
 import os
+import sys
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -29,10 +30,8 @@ from common.video import VideoWriter
 
 @dataclass
 class Args:
-    world: int = 1
-    """world of the stage to play (1-8)"""
-    stage: int = 1
-    """stage within the world (1-4)"""
+    stage: tuple[Literal[1, 2, 3, 4, 5, 6, 7, 8], Literal[1, 2, 3, 4]] = (1, 1)
+    """world (1-8) and stage (1-4) to play: --stage 1 1 is 1-1"""
     actions: Literal["right", "right_only", "simple", "complex"] = "right"
     """joypad action set: right ([right], [right A]), right_only, simple or complex"""
     total_steps: int = 500_000
@@ -46,7 +45,9 @@ class Args:
     capture_video: bool = False
     """record the first greedy evaluation episode to <run>/videos/eval.mp4"""
     save_model: bool = False
-    """save <run>/checkpoint.pt at the end of training"""
+    """save <run>/checkpoint.pt every --checkpoint-interval steps and at the end of training"""
+    checkpoint_interval: int = 50_000
+    """agent steps between checkpoints with --save-model (a long run can be --resume'd)"""
     eval_episodes: int = 1
     """greedy evaluation episodes after training (the NES is deterministic: all are the same run)"""
     eval_checkpoint: str | None = None
@@ -64,16 +65,16 @@ class Args:
     """replay capacity in frames (84x84 uint8, 7 KB each: 0.7 GB at 100k)"""
     batch_size: int = 32
     """transitions per gradient step"""
-    gamma: float = 0.9
+    gamma: float = 0.99
     """discount factor per agent step"""
+    n_step: int = 3
+    """steps of reward summed before bootstrapping (fewer where the episode ends first)"""
     reward_scale: float = 1 / 15
     """rewards are multiplied by this (upstream clips each frame's reward to [-15, 15])"""
     target_update_interval: int = 2_000
     """agent steps between copies of the online network into the target network"""
-    start_epsilon: float = 1.0
-    """exploration probability at the start"""
     end_epsilon: float = 0.02
-    """exploration probability at the end of the decay"""
+    """exploration probability at the end of the decay (it starts at 1: random play)"""
     exploration_fraction: float = 0.1
     """epsilon decays linearly over this fraction of --total-steps, from the first update on"""
     learning_starts: int = 10_000
@@ -86,8 +87,8 @@ class Args:
     """greedy episodes end after this many agent steps without a new best x_pos (stuck at a pipe)"""
 
     def __post_init__(self):
-        for name in ("total_steps", "buffer_size", "batch_size", "target_update_interval",
-                     "train_frequency", "log_interval", "frame_skip", "eval_patience"):
+        for name in ("total_steps", "buffer_size", "batch_size", "target_update_interval", "n_step",
+                     "frame_skip", "train_frequency", "log_interval", "eval_patience", "checkpoint_interval"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if self.eval_episodes < 0 or self.learning_starts < 0 or self.learning_rate <= 0 \
@@ -111,8 +112,7 @@ def area_matrix(n_in: int, n_out: int) -> torch.Tensor:
 
 
 class SkipMaxGray(gym.Wrapper):
-    """Repeat each action `skip` frames, summing rewards; observe the max of the last two frames
-    (sprites flicker between frames), as 84x84 grayscale uint8."""
+    """Repeat the action `skip` frames, summing rewards; see the max of the last two (sprites flicker)."""
 
     def __init__(self, env, skip: int, size: int = 84):
         super().__init__(env)
@@ -141,7 +141,7 @@ class SkipMaxGray(gym.Wrapper):
 
 
 def make_env(args, render_mode=None) -> SkipMaxGray:
-    return SkipMaxGray(MarioEnv(args.world, args.stage, args.actions, render_mode), args.frame_skip)
+    return SkipMaxGray(MarioEnv(*args.stage, args.actions, render_mode), args.frame_skip)
 
 
 class FrameReplayBuffer:
@@ -173,8 +173,7 @@ class FrameReplayBuffer:
     def _write(self, frame, first: bool) -> None:
         self.cursor = (self.cursor + 1) % self.capacity
         self.frames[self.cursor], self.first[self.cursor] = frame, first
-        # this slot's old transition is gone, and the next `stack - 1` slots just lost a frame of
-        # their history (the slot they would read as their own past now holds the newest frame)
+        # this slot's transition is gone, and the next `stack - 1` slots' histories lost a frame
         self.valid[(self.cursor + np.arange(self.stack)) % self.capacity] = False
 
     def stacked(self, last: np.ndarray) -> np.ndarray:
@@ -184,38 +183,41 @@ class FrameReplayBuffer:
             idx[:, k] = np.where(self.first[idx[:, k + 1]], idx[:, k + 1], idx[:, k])
         return idx
 
-    def sample(self, batch_size: int, device) -> tuple[torch.Tensor, ...]:
+    def sample(self, batch_size: int, device, n_step: int, gamma: float) -> tuple[torch.Tensor, ...]:
+        """(s_t, a_t, R, s_t+m, terminated, γ^m), R = Σ_{k<m} γ^k r_t+k: m = n_step, or fewer where the
+        episode ends (termination, or a truncation's unacted last frame) or the newest frame is."""
         i = self.rng.choice(np.flatnonzero(self.valid), size=batch_size)
-        obs, next_obs = self.frames[self.stacked(i)], self.frames[self.stacked((i + 1) % self.capacity)]
-        arrays = (obs, self.actions[i], self.rewards[i], next_obs, self.terminated[i])
+        last, steps, returns = i.copy(), np.ones(batch_size, dtype=np.int64), self.rewards[i].copy()
+        for k in range(1, n_step):
+            following = (last + 1) % self.capacity
+            extend = (steps == k) & (self.terminated[last] == 0) & self.valid[following]
+            returns += np.where(extend, gamma ** k * self.rewards[following], 0.0)
+            last, steps = np.where(extend, following, last), steps + extend
+        obs, next_obs = self.frames[self.stacked(i)], self.frames[self.stacked((last + 1) % self.capacity)]
+        arrays = (obs, self.actions[i], returns, next_obs, self.terminated[last],
+                  (gamma ** steps).astype(np.float32))
         return tuple(torch.as_tensor(a, device=device) for a in arrays)
 
 
 class QNetwork(nn.Module):
-    """The Nature-DQN convolutional network on (batch, 4, 84, 84) uint8 stacks."""
+    """The first DQN paper's network (Mnih et al., 2013): its updates cost 2.5x less than Nature's."""
 
     def __init__(self, n_actions: int, stack: int = 4):
         super().__init__()
         self.net = nn.Sequential(
-            nn.Conv2d(stack, 32, 8, stride=4), nn.ReLU(), nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
-            nn.Conv2d(64, 64, 3, stride=1), nn.ReLU(), nn.Flatten(),
-            nn.Linear(64 * 7 * 7, 512), nn.ReLU(), nn.Linear(512, n_actions))
+            nn.Conv2d(stack, 16, 8, stride=4), nn.ReLU(), nn.Conv2d(16, 32, 4, stride=2), nn.ReLU(),
+            nn.Flatten(), nn.Linear(32 * 9 * 9, 256), nn.ReLU(), nn.Linear(256, n_actions))
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return self.net(obs.float() / 255.0)
 
 
-def linear_schedule(start: float, end: float, duration: int, step: int) -> float:
-    """Linear interpolation from `start` to `end` over `duration` steps, then constant."""
-    return start + (end - start) * min(step / max(duration, 1), 1.0)
-
-
-def double_dqn_target(q_net, target_net, rewards, next_obs, terminated, gamma: float) -> torch.Tensor:
-    """y = r + γ (1 - terminated) Q_target(s', argmax_a' Q_online(s', a'))."""
+def double_dqn_target(q_net, target_net, returns, next_obs, terminated, discount) -> torch.Tensor:
+    """y = R + γ^m (1 - terminated) Q_target(s', argmax_a' Q_online(s', a')), s' = s_t+m."""
     with torch.no_grad():
         next_actions = q_net(next_obs).argmax(dim=1, keepdim=True)  # the online net selects
         next_q = target_net(next_obs).gather(1, next_actions).squeeze(1)  # the target net scores
-    return rewards + gamma * (1.0 - terminated) * next_q
+    return returns + discount * (1.0 - terminated) * next_q
 
 
 def greedy_action(q_net, stack: np.ndarray, device) -> int:
@@ -223,8 +225,8 @@ def greedy_action(q_net, stack: np.ndarray, device) -> int:
         return int(q_net(torch.as_tensor(stack[None], device=device)).argmax())
 
 
-def evaluate(q_net, args, episodes: int, device, video_path=None) -> list[dict]:
-    """Greedy episodes ({return, x_pos, flag_get, length}); the first is recorded if asked."""
+def evaluate(q_net, args, episodes: int, device, run_dir: str, video_path=None) -> None:
+    """Greedy episodes, written to <run>/eval.json and printed; the first is recorded if asked."""
     env = make_env(args, "rgb_array" if video_path else None)
     video = VideoWriter(video_path, fps=60 // args.frame_skip) if video_path else None
     results = []
@@ -243,10 +245,6 @@ def evaluate(q_net, args, episodes: int, device, video_path=None) -> list[dict]:
     if video:
         video.close()
     env.close()
-    return results
-
-
-def report_evaluation(results: list[dict], run_dir: str) -> None:
     x_pos, flags = [r["x_pos"] for r in results], sum(r["flag_get"] for r in results)
     mean = write_evaluation(run_dir, [r["return"] for r in results], flags=flags, results=results,
                             mean_x_pos=float(np.mean(x_pos)) if x_pos else float("nan"))
@@ -260,7 +258,7 @@ if __name__ == "__main__":
     seed_everything(args.seed)
     torch.set_num_threads(1)
     device = pick_device(args.cuda)
-    run_dir = make_run_dir(args.runs_dir, f"SuperMarioBros-{args.world}-{args.stage}", script, args.seed)
+    run_dir = make_run_dir(args.runs_dir, "SuperMarioBros-{}-{}".format(*args.stage), script, args.seed)
     print(f"run directory: {run_dir} | device: {device}", flush=True)
 
     env = make_env(args)
@@ -268,8 +266,8 @@ if __name__ == "__main__":
 
     if args.eval_checkpoint:
         q_net.load_state_dict(load_checkpoint(args.eval_checkpoint, script, device)["q_net"])
-        report_evaluation(evaluate(q_net, args, max(args.eval_episodes, 1), device,
-                                   os.path.join(run_dir, "videos", "eval.mp4")), run_dir)
+        evaluate(q_net, args, max(args.eval_episodes, 1), device, run_dir,
+                 os.path.join(run_dir, "videos", "eval.mp4"))
         raise SystemExit(0)
 
     target_net = QNetwork(int(env.action_space.n)).to(device)
@@ -283,9 +281,12 @@ if __name__ == "__main__":
         print(f"resumed from {args.resume} at step {start_step}; the replay buffer refills first")
     target_net.load_state_dict(q_net.state_dict())
 
+    # The emulator steps in a second thread while this one learns (nes-py's C++ and torch release
+    # the GIL); a short GIL switch interval keeps its Python parts from waiting 5 ms behind us.
+    emulator = ThreadPoolExecutor(max_workers=1)
+    sys.setswitchinterval(2e-4)
     buffer = FrameReplayBuffer(args.buffer_size, env.observation_space.shape, args.seed)
     # short runs (the smoke test) still make a few updates; a resumed run refills the buffer first.
-    # ε stays at its start while the buffer fills, then decays over exploration_steps.
     learning_starts = max(min(args.learning_starts, args.total_steps * 9 // 10), args.batch_size)
     exploration_steps = int(args.exploration_fraction * args.total_steps)
     metrics = MetricsWriter(run_dir, ("x_pos", "flag_get", "loss", "q_mean", "epsilon"), start_time)
@@ -297,13 +298,27 @@ if __name__ == "__main__":
     stack, episode_return, episode_length = np.stack([frame] * 4), 0.0, 0
     buffer.start_episode(frame)
     for global_step in range(start_step, args.total_steps):
-        epsilon = linear_schedule(args.start_epsilon, args.end_epsilon, exploration_steps,
-                                  max(global_step - learning_starts, 0))
-        if rng.random() < epsilon:
-            action = int(rng.integers(env.action_space.n))
-        else:
-            action = greedy_action(q_net, stack, device)
-        frame, reward, terminated, truncated, info = env.step(action)
+        decayed = min(max(global_step - learning_starts, 0) / max(exploration_steps, 1), 1.0)
+        epsilon = 1.0 + (args.end_epsilon - 1.0) * decayed  # linear from 1 to end_epsilon
+        explore = rng.random() < epsilon
+        action = int(rng.integers(env.action_space.n)) if explore else greedy_action(q_net, stack, device)
+        next_step = emulator.submit(env.step, action)
+
+        if global_step - start_step >= learning_starts and global_step % args.train_frequency == 0:
+            b_obs, b_actions, b_returns, b_next_obs, b_terminated, b_discount = buffer.sample(
+                args.batch_size, device, args.n_step, args.gamma)
+            target = double_dqn_target(q_net, target_net, b_returns, b_next_obs, b_terminated, b_discount)
+            q = q_net(b_obs).gather(1, b_actions.unsqueeze(1)).squeeze(1)  # Q(s, a)
+            loss = F.smooth_l1_loss(q, target)  # Huber loss of the TD error y - Q(s, a)
+            optimizer.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(q_net.parameters(), args.max_grad_norm)
+            optimizer.step()
+            q_mean = q.detach().mean()
+        if (global_step + 1) % args.target_update_interval == 0:
+            target_net.load_state_dict(q_net.state_dict())
+
+        frame, reward, terminated, truncated, info = next_step.result()
         # On truncation (the in-game clock) `frame` is the real last state: the target bootstraps.
         buffer.add(action, reward * args.reward_scale, terminated, frame)
         stack = np.concatenate([stack[1:], frame[None]])  # drop the oldest frame, append the newest
@@ -316,31 +331,20 @@ if __name__ == "__main__":
             frame, _ = env.reset()
             stack, episode_return, episode_length = np.stack([frame] * 4), 0.0, 0
             buffer.start_episode(frame)
-
-        if global_step - start_step >= learning_starts and global_step % args.train_frequency == 0:
-            b_obs, b_actions, b_rewards, b_next_obs, b_terminated = buffer.sample(args.batch_size, device)
-            target = double_dqn_target(q_net, target_net, b_rewards, b_next_obs, b_terminated, args.gamma)
-            q = q_net(b_obs).gather(1, b_actions.unsqueeze(1)).squeeze(1)  # Q(s, a)
-            loss = F.smooth_l1_loss(q, target)  # Huber loss of the TD error y - Q(s, a)
-            optimizer.zero_grad()
-            loss.backward()
-            nn.utils.clip_grad_norm_(q_net.parameters(), args.max_grad_norm)
-            optimizer.step()
-            q_mean = q.detach().mean()
-        if (global_step + 1) % args.target_update_interval == 0:
-            target_net.load_state_dict(q_net.state_dict())
         if (global_step + 1) % args.log_interval == 0:
-            sps = progress.steps_per_second(global_step + 1)
-            metrics.log(global_step + 1, sps, loss=loss.item(), q_mean=q_mean.item(), epsilon=epsilon)
+            metrics.log(global_step + 1, progress.steps_per_second(global_step + 1), loss=loss.item(),
+                        q_mean=q_mean.item(), epsilon=epsilon)
             progress.print(global_step + 1, recent_returns)
             print(f"    x_pos: mean of last 20 episodes {np.mean(recent_x or [0]):.0f}", flush=True)
+        if args.save_model and ((global_step + 1) % args.checkpoint_interval == 0
+                                or global_step + 1 == args.total_steps):
+            save_checkpoint(os.path.join(run_dir, "checkpoint.pt"), {
+                "script": script, "q_net": q_net.state_dict(), "optimizer": optimizer.state_dict(),
+                "global_step": global_step + 1, "time_s": metrics.elapsed(), "args": asdict(args)})
+    emulator.shutdown()
     env.close()
     metrics.close(y="x_pos")
 
-    if args.save_model:
-        save_checkpoint(os.path.join(run_dir, "checkpoint.pt"), {
-            "script": script, "q_net": q_net.state_dict(), "optimizer": optimizer.state_dict(),
-            "global_step": args.total_steps, "time_s": metrics.elapsed(), "args": asdict(args)})
     if args.eval_episodes > 0:
         video_path = os.path.join(run_dir, "videos", "eval.mp4") if args.capture_video else None
-        report_evaluation(evaluate(q_net, args, args.eval_episodes, device, video_path), run_dir)
+        evaluate(q_net, args, args.eval_episodes, device, run_dir, video_path)

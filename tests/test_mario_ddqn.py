@@ -25,15 +25,17 @@ def test_double_dqn_target_by_hand():
     online = Fixed([[1.0, 5.0, 0.0], [3.0, 2.0, 1.0], [0.0, 0.0, 9.0]])
     target = Fixed([[10.0, 20.0, 99.0], [30.0, 40.0, 99.0], [7.0, 8.0, -4.0]])
     rewards, terminated = torch.tensor([1.0, 2.0, 0.5]), torch.tensor([0.0, 0.0, 1.0])
-    y = m.double_dqn_target(online, target, rewards, torch.zeros(3, 4, 84, 84), terminated, 0.5)
+    y = m.double_dqn_target(online, target, rewards, torch.zeros(3, 4, 84, 84), terminated, torch.tensor(0.5))
     # online argmax: actions 1, 0, 2; target values 20, 30, (terminal); y = r + 0.5 * value
     assert torch.allclose(y, torch.tensor([1.0 + 0.5 * 20.0, 2.0 + 0.5 * 30.0, 0.5]))
     # vanilla DQN (max of the target net) would give 1 + 0.5 * 99 and 2 + 0.5 * 99
 
 
-def test_replay_rebuilds_stacks_across_episodes_and_wraparound():
-    """Against naive stacking: frames are numbered, and every sampled (s, a, r, s', done) must be
-    the one the agent saw, including the first states of episodes and after the buffer wraps."""
+def test_replay_rebuilds_stacks_and_n_step_returns_across_episodes_and_wraparound():
+    """Against naive stacking: frames are numbered, and every sampled (s, a, R, s', done, γ^m) must
+    be the one the agent saw, including the first states of episodes and after the buffer wraps;
+    the 3-step return stops early at a termination, at a truncated episode's last frame and at
+    the newest frame."""
     rng = np.random.default_rng(0)
     buffer = m.FrameReplayBuffer(capacity=23, frame_shape=(1,), seed=0)
     reference, frame_id = {}, 0
@@ -49,18 +51,25 @@ def test_replay_rebuilds_stacks_across_episodes_and_wraparound():
             reference[stack[-1]] = (stack, action, float(frame_id), next_stack, float(terminated))
             buffer.add(action, float(frame_id), terminated, np.array([frame_id]))
             stack = next_stack
-    obs, actions, rewards, next_obs, terminated = buffer.sample(500, "cpu")
+    obs, actions, returns, next_obs, terminated, discount = buffer.sample(500, "cpu", n_step=3, gamma=0.5)
     assert obs.dtype == torch.uint8 and obs.shape == (500, 4, 1)
-    seen = set()
+    seen, steps_seen = set(), set()
     for i in range(500):
         key = int(obs[i, -1, 0])
-        expected = reference[key]
-        got = (obs[i, :, 0].tolist(), int(actions[i]), float(rewards[i]), next_obs[i, :, 0].tolist(),
-               float(terminated[i]))
-        assert got == expected, (got, expected)
+        stack, action, ret, next_stack, done = reference[key]
+        steps = 1
+        while steps < 3 and not done and next_stack[-1] in reference:  # no transition: episode end
+            _, _, reward, next_stack, done = reference[next_stack[-1]]
+            ret, steps = ret + 0.5 ** steps * reward, steps + 1
+        got = (obs[i, :, 0].tolist(), int(actions[i]), next_stack == next_obs[i, :, 0].tolist(),
+               float(terminated[i]), float(discount[i]))
+        assert got == (stack, action, True, done, 0.5 ** steps), (got, key)
+        assert abs(float(returns[i]) - ret) < 1e-3 * ret, (float(returns[i]), ret)
         seen.add(key)
+        steps_seen.add(steps)
     assert min(seen) > frame_id - 23  # only transitions still in the buffer
     assert len(seen) >= 15  # nearly all of the ~20 sampleable ones
+    assert steps_seen == {1, 2, 3}
 
 
 def test_area_resize_and_preprocessing():
@@ -69,7 +78,7 @@ def test_area_resize_and_preprocessing():
     assert np.allclose(m.area_matrix(4, 2).numpy(), [[0.5, 0.5, 0, 0], [0, 0, 0.5, 0.5]])
 
     class Args:
-        world, stage, actions, frame_skip = 1, 1, "right", 4
+        stage, actions, frame_skip = (1, 1), "right", 4
 
     env = m.make_env(Args)
     frame, _ = env.reset(seed=0)
