@@ -110,3 +110,23 @@ def test_learning_short_horizon(run_script, tmp_path):
     print(f"final q_mean {q_mean:.2f}; x_pos after exploration: {after.tolist()}")
     assert q_mean > 1.0, q_mean  # an untrained net's Q-values stay near 0
     assert len(after) >= 5 and after.mean() > 250, after.tolist()
+
+
+def test_checkpoint_resume_and_play(run_script, tmp_path):
+    """The checkpoint --save-model leaves holds the step count; --resume goes on from there, and
+    --eval-checkpoint plays the saved network and records the episode."""
+    short = ("--buffer-size", "1000", "--learning-starts", "100", "--eval-episodes", "0", "--save-model",
+             "--checkpoint-interval", "300", "--log-interval", "150")
+    result = run_script("mario_ddqn.py", "--total-steps", "450", *short)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (first,) = run_dirs(tmp_path)
+    checkpoint = os.path.join(first, "checkpoint.pt")
+    assert torch.load(checkpoint, weights_only=True)["global_step"] == 450
+    result = run_script("mario_ddqn.py", "--total-steps", "600", "--resume", checkpoint, *short)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resumed from" in result.stdout and "step       600/600" in result.stdout
+    assert "step       150/600" not in result.stdout  # the step count went on from 450
+    result = run_script("mario_ddqn.py", "--eval-checkpoint", checkpoint, "--eval-patience", "20")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "greedy evaluation over 1 episodes" in result.stdout
+    assert os.path.getsize(os.path.join(run_dirs(tmp_path)[-1], "videos", "eval.mp4")) > 0
