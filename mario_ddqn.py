@@ -184,8 +184,8 @@ class FrameReplayBuffer:
         return idx
 
     def sample(self, batch_size: int, device, n_step: int, gamma: float) -> tuple[torch.Tensor, ...]:
-        """(s_t, a_t, R, s_t+m, terminated, γ^m), R = Σ_{k<m} γ^k r_t+k: m = n_step, or fewer where the
-        episode ends (termination, or a truncation's unacted last frame) or the newest frame is."""
+        """(s_t, a_t, R, s_t+m, terminated, γ^m), R = Σ_{k<m} γ^k r_t+k: m = n_step, or fewer if the
+        episode ends first (termination, or a truncation's last frame, never acted on) or data does."""
         i = self.rng.choice(np.flatnonzero(self.valid), size=batch_size)
         last, steps, returns = i.copy(), np.ones(batch_size, dtype=np.int64), self.rewards[i].copy()
         for k in range(1, n_step):
