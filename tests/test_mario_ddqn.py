@@ -25,7 +25,8 @@ def test_double_dqn_target_by_hand():
     online = Fixed([[1.0, 5.0, 0.0], [3.0, 2.0, 1.0], [0.0, 0.0, 9.0]])
     target = Fixed([[10.0, 20.0, 99.0], [30.0, 40.0, 99.0], [7.0, 8.0, -4.0]])
     rewards, terminated = torch.tensor([1.0, 2.0, 0.5]), torch.tensor([0.0, 0.0, 1.0])
-    y = m.double_dqn_target(online, target, rewards, torch.zeros(3, 4, 84, 84), terminated, torch.tensor(0.5))
+    discount = torch.tensor(0.5)  # γ^m
+    y = m.double_dqn_target(online, target, rewards, torch.zeros(3, 4, 84, 84), terminated, discount)
     # online argmax: actions 1, 0, 2; target values 20, 30, (terminal); y = r + 0.5 * value
     assert torch.allclose(y, torch.tensor([1.0 + 0.5 * 20.0, 2.0 + 0.5 * 30.0, 0.5]))
     # vanilla DQN (max of the target net) would give 1 + 0.5 * 99 and 2 + 0.5 * 99
