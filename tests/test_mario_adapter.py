@@ -1,4 +1,10 @@
-"""common/mario.py: the gymnasium API, the numpy-2 overflow fixes, determinism, episode ends."""
+"""common/mario.py: the gymnasium API, the numpy-2 overflow fixes, determinism, episode ends, and
+the same trajectory on both emulator stacks. No torch: CI runs this file on Python 3.13 too.
+
+Re-record the trajectory (on the legacy stack, the reference): python tests/test_mario_adapter.py
+"""
+import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -8,7 +14,14 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from common.mario import ACTION_SETS, MarioEnv
+from common.mario import ACTION_SETS, LEGACY, MarioEnv
+
+FIXTURE = os.path.join(REPO, "tests", "fixtures", "mario_trajectory.json")
+# "complex" action indices, (action, frames): walk right, bump the first ? block (a coin), stomp
+# the first Goomba, walk back left, then run and jump right over the pipes until a Goomba kills
+# Mario. It pays score and coins and moves left: where 9.x's own reward differs from 7.4.0's.
+PLAN = [(1, 120), (0, 10), (5, 30), (0, 5), (5, 40), (0, 20), (6, 25), (1, 150),
+        (2, 30), (1, 30), (2, 30), (1, 30), (2, 30), (1, 30), (2, 30), (1, 300)]
 
 
 @pytest.fixture
@@ -18,6 +31,7 @@ def env():
     env.close()
 
 
+@pytest.mark.skipif(not LEGACY, reason="nes-py 9 reads the ROM header and RAM as Python ints")
 def test_numpy2_would_overflow_without_the_fix():
     """The upstream arithmetic on a uint8 header byte / RAM byte, as nes-py 8.2.1 writes it."""
     if int(np.__version__.split(".")[0]) < 2:
@@ -110,3 +124,82 @@ def test_import_prints_no_gym_banner():
                             capture_output=True, text=True, timeout=60,
                             env={**os.environ, "PYTHONWARNINGS": "default"})
     assert result.returncode == 0 and result.stderr == "", result.stderr
+
+
+def frame_hash(frame: np.ndarray) -> str:
+    return hashlib.sha1(frame.tobytes()).hexdigest()[:16]  # 64 bits: plenty to tell frames apart
+
+
+def play(actions) -> tuple[list, list]:
+    """Step a fresh env through `actions` until the episode ends: the reset (frame, x) and one
+    [action, frame, x_pos, reward, terminated, truncated, flag_get] row per step."""
+    env = MarioEnv(world=1, stage=1, actions="complex")
+    obs, info = env.reset(seed=0)
+    start, rows = [frame_hash(obs), info["x_pos"]], []
+    for action in actions:
+        obs, reward, terminated, truncated, info = env.step(action)
+        rows.append([action, frame_hash(obs), info["x_pos"], reward, terminated, truncated,
+                     info["flag_get"]])
+        if terminated or truncated:
+            break
+    env.close()
+    return start, rows
+
+
+def test_replays_the_recorded_trajectory():
+    """Frames, x, rewards and episode end as 7.4.0 / nes-py 8.2.1 gave them, on this stack."""
+    with open(FIXTURE) as f:
+        recorded = json.load(f)
+    start, rows = play([row[0] for row in recorded["steps"]])
+    assert start == recorded["reset"]
+    for t, (here, there) in enumerate(zip(rows, recorded["steps"])):
+        assert here == there, f"step {t} {recorded['columns']}: {here} here, {there} recorded"
+    assert len(rows) == len(recorded["steps"])
+
+
+@pytest.mark.skipif(not LEGACY, reason="7.4.0's own reward is the reference")
+def test_reward_is_7_4_0s(monkeypatch):
+    """Ours, computed from info and RAM, equals upstream's on random play (left too, a death)."""
+    env, upstream = MarioEnv(actions="complex"), []
+    step = env.nes.step
+
+    def spy(action):
+        out = step(action)
+        upstream.append(out[1])
+        return out
+
+    monkeypatch.setattr(env.nes, "step", spy)
+    rng = np.random.default_rng(0)
+    env.reset(seed=0)
+    ours, deaths = [], 0
+    for action in rng.integers(0, env.action_space.n, size=3000):
+        _, reward, terminated, truncated, _ = env.step(action)
+        ours.append(reward)
+        if terminated or truncated:
+            deaths += terminated
+            env.reset()
+    env.close()
+    assert ours == upstream and deaths >= 1 and any(-15 < r < -1 for r in ours)
+
+
+def record():
+    """Write the fixture from the legacy stack, the reference the other stack must reproduce."""
+    if not LEGACY:
+        sys.exit("record on the legacy stack (Python < 3.13): it is the reference")
+    start, rows = play([action for action, frames in PLAN for _ in range(frames)])
+    assert rows[-1][4] and not rows[-1][6], "the plan must end at Mario's first death"
+    meta = {"about": "common/mario.py on gym-super-mario-bros 7.4.0 / nes-py 8.2.1, 1-1 from reset "
+                     "to the first death, one NES frame a step. frame: the first 16 hex digits of "
+                     "the sha1 of the (240, 256, 3) uint8 RGB bytes. Written by record() in "
+                     "tests/test_mario_adapter.py",
+            "columns": ["action", "frame", "x_pos", "reward", "terminated", "truncated",
+                        "flag_get"],
+            "reset": start}
+    header = "".join(f" {json.dumps(k)}: {json.dumps(v)},\n" for k, v in meta.items())
+    steps = ",\n".join("  " + json.dumps(row, separators=(",", ":")) for row in rows)
+    with open(FIXTURE, "w") as f:  # one step a line: a diff shows which steps changed
+        f.write("{\n" + header + ' "steps": [\n' + steps + "\n ]\n}\n")
+
+
+if __name__ == "__main__":
+    record()
