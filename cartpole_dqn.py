@@ -16,7 +16,8 @@ import torch.nn.functional as F
 
 from common.checkpoint import load_checkpoint, save_checkpoint
 from common.metrics import MetricsWriter, write_evaluation
-from common.utils import Progress, make_run_dir, parse_args, pick_device, seed_everything
+from common.stopping import StopRequest
+from common.utils import Progress, check_env_id, make_run_dir, parse_args, pick_device, seed_everything
 from common.video import VideoWriter
 
 
@@ -35,7 +36,7 @@ class Args:
     capture_video: bool = False
     """record the first greedy evaluation episode to <run>/videos/eval.mp4"""
     save_model: bool = False
-    """save <run>/checkpoint.pt at the end of training"""
+    """save <run>/checkpoint.pt at the end of training (a Ctrl-C or SIGTERM stop always saves it)"""
     eval_episodes: int = 10
     """greedy evaluation episodes after training (or with --eval-checkpoint)"""
     eval_checkpoint: str | None = None
@@ -71,6 +72,7 @@ class Args:
     """units in each of the two hidden layers"""
 
     def __post_init__(self):
+        check_env_id(self.env_id)
         for name in ("total_steps", "buffer_size", "batch_size", "target_update_interval",
                      "train_frequency", "log_interval", "hidden_size", "exploration_steps"):
             if getattr(self, name) <= 0:
@@ -205,54 +207,51 @@ if __name__ == "__main__":
     rng = np.random.default_rng(args.seed)
     loss = q_mean = torch.tensor(float("nan"))
     obs, _ = env.reset(seed=args.seed)
-    global_step, interrupted = start_step, False  # global_step: env steps taken so far
-    try:
-        while global_step < args.total_steps:
-            epsilon = linear_schedule(args.start_epsilon, args.end_epsilon, args.exploration_steps,
-                                      global_step)
-            if rng.random() < epsilon:
-                action = int(rng.integers(n_actions))
-            else:
-                action = greedy_action(q_net, obs, device)
-            next_obs, reward, terminated, truncated, info = env.step(action)
-            global_step += 1
-            # On truncation next_obs is the real final state, so the stored transition bootstraps.
-            buffer.add(obs, action, reward, next_obs, terminated)
-            obs = next_obs
-            if terminated or truncated:
-                recent_returns.append(float(info["episode"]["r"]))
-                metrics.episode(global_step, recent_returns[-1], int(info["episode"]["l"]))
-                obs, _ = env.reset()
+    global_step, stop = start_step, StopRequest()  # global_step: env steps taken so far
+    while global_step < args.total_steps and not stop:  # Ctrl-C/SIGTERM: finish the step, save
+        epsilon = linear_schedule(args.start_epsilon, args.end_epsilon, args.exploration_steps,
+                                  global_step)
+        if rng.random() < epsilon:
+            action = int(rng.integers(n_actions))
+        else:
+            action = greedy_action(q_net, obs, device)
+        next_obs, reward, terminated, truncated, info = env.step(action)
+        global_step += 1
+        # On truncation next_obs is the real final state, so the stored transition bootstraps.
+        buffer.add(obs, action, reward, next_obs, terminated)
+        obs = next_obs
+        if terminated or truncated:
+            recent_returns.append(float(info["episode"]["r"]))
+            metrics.episode(global_step, recent_returns[-1], int(info["episode"]["l"]))
+            obs, _ = env.reset()
 
-            if buffer.size >= args.learning_starts and global_step % args.train_frequency == 0:
-                b_obs, b_actions, b_rewards, b_next_obs, b_terminated = buffer.sample(
-                    args.batch_size, device)
-                target = td_target(target_net, b_rewards, b_next_obs, b_terminated, args.gamma)
-                q = q_net(b_obs).gather(1, b_actions.unsqueeze(1)).squeeze(1)  # Q(s, a)
-                loss = F.smooth_l1_loss(q, target)  # Huber loss of the TD error y - Q(s, a)
-                optimizer.zero_grad()
-                loss.backward()
-                nn.utils.clip_grad_norm_(q_net.parameters(), args.max_grad_norm)
-                optimizer.step()
-                q_mean = q.detach().mean()
-            if global_step % args.target_update_interval == 0:
-                target_net.load_state_dict(q_net.state_dict())
-            if global_step % args.log_interval == 0:
-                sps = progress.steps_per_second(global_step)
-                metrics.log(global_step, sps, loss=loss.item(), q_mean=q_mean.item(), epsilon=epsilon)
-                progress.print(global_step, recent_returns)
-    except KeyboardInterrupt:  # Ctrl-C: keep what was learned; --save-model lets --resume go on
-        interrupted = True
-        print(f"interrupted at step {global_step}", flush=True)
+        if buffer.size >= args.learning_starts and global_step % args.train_frequency == 0:
+            b_obs, b_actions, b_rewards, b_next_obs, b_terminated = buffer.sample(
+                args.batch_size, device)
+            target = td_target(target_net, b_rewards, b_next_obs, b_terminated, args.gamma)
+            q = q_net(b_obs).gather(1, b_actions.unsqueeze(1)).squeeze(1)  # Q(s, a)
+            loss = F.smooth_l1_loss(q, target)  # Huber loss of the TD error y - Q(s, a)
+            optimizer.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(q_net.parameters(), args.max_grad_norm)
+            optimizer.step()
+            q_mean = q.detach().mean()
+        if global_step % args.target_update_interval == 0:
+            target_net.load_state_dict(q_net.state_dict())
+        if global_step % args.log_interval == 0:
+            sps = progress.steps_per_second(global_step)
+            metrics.log(global_step, sps, loss=loss.item(), q_mean=q_mean.item(), epsilon=epsilon)
+            progress.print(global_step, recent_returns)
     env.close()
     metrics.close()
 
-    if args.save_model:
-        save_checkpoint(os.path.join(run_dir, "checkpoint.pt"), {
+    checkpoint_path = os.path.join(run_dir, "checkpoint.pt")
+    if args.save_model or stop:
+        save_checkpoint(checkpoint_path, {
             "script": script, "q_net": q_net.state_dict(), "optimizer": optimizer.state_dict(),
             "global_step": global_step, "time_s": metrics.elapsed(), "args": asdict(args)})
-    if interrupted:
-        raise SystemExit(130)
+    if stop:
+        stop.exit(global_step, checkpoint_path)
     if args.eval_episodes > 0:
         video_path = os.path.join(run_dir, "videos", "eval.mp4") if args.capture_video else None
         report_evaluation(evaluate(q_net, args.env_id, args.eval_episodes, args.seed, device,

@@ -1,12 +1,11 @@
-"""Double DQN (van Hasselt et al., 2016) on Super Mario Bros 1-1, from pixels.
+"""Double DQN (van Hasselt et al., 2016) on n-step returns, on Super Mario Bros 1-1 from pixels.
 
-The online network picks the next action and the target network scores it, on n-step returns.
 Frames are max-pooled over a 4-frame skip, grayscaled, area-resized to 84x84 and stacked by 4; the
 replay buffer keeps each frame once; the emulator steps in a thread while the network learns. An
 episode ends at the first life lost, the flag or the in-game clock (see common/mario.py).
 
-    python mario_ddqn.py                             # train, then evaluate greedily
-    python mario_ddqn.py --eval-checkpoint runs/<run>/checkpoint.pt     # or --help
+    python mario_ddqn.py                             # train, then evaluate greedily; or --help
+    python mario_ddqn.py --eval-checkpoint runs/<run>/weights.pt        # or a checkpoint.pt
 """
 import os
 import sys
@@ -24,6 +23,7 @@ import torch.nn.functional as F
 from common.checkpoint import load_checkpoint, save_checkpoint
 from common.mario import MarioEnv
 from common.metrics import MetricsWriter, write_evaluation
+from common.stopping import StopRequest
 from common.utils import Progress, make_run_dir, parse_args, pick_device, seed_everything
 from common.video import VideoWriter
 
@@ -32,8 +32,8 @@ from common.video import VideoWriter
 class Args:
     stage: tuple[Literal[1, 2, 3, 4, 5, 6, 7, 8], Literal[1, 2, 3, 4]] = (1, 1)
     """world (1-8) and stage (1-4) to play: --stage 1 1 is 1-1"""
-    actions: Literal["right", "right_only", "simple", "complex"] = "right"
-    """joypad action set: right ([right], [right A]), right_only, simple or complex"""
+    actions: Literal["right", "right_only", "simple", "complex"] = "right_only"
+    """joypad action set; right_only learned 1-1 fastest (x_pos 1500 at 408k steps, right: 565k)"""
     total_steps: int = 500_000
     """total agent steps (each is `frame_skip` NES frames) to train for"""
     seed: int = 1
@@ -45,15 +45,15 @@ class Args:
     capture_video: bool = False
     """record the first greedy evaluation episode to <run>/videos/eval.mp4"""
     save_model: bool = False
-    """save <run>/checkpoint.pt every --checkpoint-interval steps and at the end of training"""
+    """save <run>/checkpoint.pt and weights.pt every --checkpoint-interval steps and at the end"""
     checkpoint_interval: int = 50_000
-    """agent steps between checkpoints with --save-model (a long run can be --resume'd)"""
-    eval_episodes: int = 1
-    """greedy evaluation episodes after training (the NES is deterministic: all are the same run)"""
+    """agent steps between checkpoints with --save-model (Ctrl-C or SIGTERM always saves one)"""
+    eval_episodes: int = 10
+    """greedy evaluation episodes (also for --eval-checkpoint): from power-on, then after 0-30 no-ops"""
     eval_checkpoint: str | None = None
-    """skip training: load this checkpoint, play greedily, print the results, record a video"""
+    """skip training: play this checkpoint.pt or weights.pt greedily, print the results, record a video"""
     resume: str | None = None
-    """continue training from this checkpoint (online network, optimizer, step count)"""
+    """continue training from this checkpoint.pt (networks, optimizer, step count, random streams)"""
     log_interval: int = 5_000
     """agent steps between progress lines and `log` rows in metrics.csv"""
 
@@ -75,10 +75,10 @@ class Args:
     """agent steps between copies of the online network into the target network"""
     end_epsilon: float = 0.02
     """exploration probability at the end of the decay (it starts at 1: random play)"""
-    exploration_fraction: float = 0.1
-    """epsilon decays linearly over this fraction of --total-steps, from the first update on"""
+    exploration_steps: int = 50_000
+    """agent steps after --learning-starts over which epsilon decays linearly (--resume continues it)"""
     learning_starts: int = 10_000
-    """transitions collected before the first gradient step (at most 90% of --total-steps)"""
+    """transitions collected before the first gradient step, also after --resume (<= 90% of --total-steps)"""
     train_frequency: int = 4
     """agent steps per gradient step"""
     max_grad_norm: float = 10.0
@@ -86,32 +86,29 @@ class Args:
     eval_patience: int = 200
     """greedy episodes end after this many agent steps without a new best x_pos (stuck at a pipe)"""
 
-    def __post_init__(self):
+    def __post_init__(self):  # messages short enough for tyro's one-line box
         for name in ("total_steps", "buffer_size", "batch_size", "target_update_interval", "n_step",
-                     "frame_skip", "train_frequency", "log_interval", "eval_patience", "checkpoint_interval"):
-            if getattr(self, name) <= 0:
+                     "frame_skip", "train_frequency", "log_interval", "eval_patience", "checkpoint_interval",
+                     "exploration_steps", "learning_rate", "max_grad_norm", "reward_scale"):
+            if not getattr(self, name) > 0:  # `not >` also rejects nan
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        if self.eval_episodes < 0 or self.learning_starts < 0 or self.learning_rate <= 0 \
-                or not 0 <= self.gamma <= 1 or not 0 < self.exploration_fraction <= 1:
-            raise ValueError("need --eval-episodes, --learning-starts >= 0, --learning-rate > 0, "
-                             "0 <= --gamma <= 1, 0 < --exploration-fraction <= 1")
+        if self.eval_episodes < 0 or self.learning_starts < 0:
+            raise ValueError("--eval-episodes and --learning-starts must be >= 0")
+        if not (0 <= self.gamma <= 1 and 0 <= self.end_epsilon <= 1):
+            raise ValueError("--gamma and --end-epsilon must be in [0, 1]")
         if self.batch_size > self.buffer_size or self.buffer_size < 8:
             raise ValueError("--buffer-size must be >= 8 and >= --batch-size")
-        for path in (self.eval_checkpoint, self.resume):
-            if path is not None and not os.path.isfile(path):
-                raise ValueError(f"checkpoint not found: {path}")
 
 
 def area_matrix(n_in: int, n_out: int) -> torch.Tensor:
     """(n_out, n_in) area-average resize weights (no OpenCV): output i averages the input span
     [i, i + 1) * n_in / n_out, a pixel cut by a border counting by its inside fraction."""
     edges, pixels = np.arange(n_out + 1) * n_in / n_out, np.arange(n_in)
-    overlap = np.minimum(edges[1:, None], pixels + 1) - np.maximum(edges[:-1, None], pixels)
-    overlap = np.clip(overlap, 0, None)
+    overlap = np.clip(np.minimum(edges[1:, None], pixels + 1) - np.maximum(edges[:-1, None], pixels), 0, None)
     return torch.as_tensor(overlap / overlap.sum(axis=1, keepdims=True), dtype=torch.float32)
 
 
-class SkipMaxGray(gym.Wrapper):
+class SkipMaxGray(gym.ObservationWrapper):
     """Repeat the action `skip` frames, summing rewards; see the max of the last two (sprites flicker)."""
 
     def __init__(self, env, skip: int, size: int = 84):
@@ -120,14 +117,10 @@ class SkipMaxGray(gym.Wrapper):
         self.rows, self.cols, self.skip = area_matrix(height, size), area_matrix(width, size), skip
         self.observation_space = gym.spaces.Box(0, 255, (size, size), np.uint8)
 
-    def process(self, frame: np.ndarray) -> np.ndarray:
+    def observation(self, frame: np.ndarray) -> np.ndarray:  # reset() applies it too
         # torch rather than numpy: numpy's threaded BLAS ran these small products 3x slower here
         gray = torch.from_numpy(frame).float() @ torch.tensor([0.299, 0.587, 0.114])  # ITU-R 601 luma
         return (self.rows @ gray @ self.cols.T).round().to(torch.uint8).numpy()
-
-    def reset(self, **kwargs):
-        frame, info = self.env.reset(**kwargs)
-        return self.process(frame), info
 
     def step(self, action):
         total, frames = 0.0, deque(maxlen=2)
@@ -137,11 +130,7 @@ class SkipMaxGray(gym.Wrapper):
             total += reward
             if terminated or truncated:
                 break
-        return self.process(np.max(frames, axis=0)), total, terminated, truncated, info
-
-
-def make_env(args, render_mode=None) -> SkipMaxGray:
-    return SkipMaxGray(MarioEnv(*args.stage, args.actions, render_mode), args.frame_skip)
+        return self.observation(np.max(frames, axis=0)), total, terminated, truncated, info
 
 
 class FrameReplayBuffer:
@@ -157,8 +146,7 @@ class FrameReplayBuffer:
         self.rewards = np.zeros(capacity, dtype=np.float32)
         self.terminated = np.zeros(capacity, dtype=np.float32)  # truncation still bootstraps
         self.first, self.valid = np.zeros(capacity, dtype=bool), np.zeros(capacity, dtype=bool)
-        self.capacity, self.stack, self.cursor = capacity, stack, -1
-        self.rng = np.random.default_rng(seed)
+        self.capacity, self.stack, self.cursor, self.rng = capacity, stack, -1, np.random.default_rng(seed)
 
     def start_episode(self, frame) -> None:
         self._write(frame, first=True)
@@ -166,8 +154,7 @@ class FrameReplayBuffer:
     def add(self, action, reward, terminated, next_frame) -> None:
         """The transition from the state ending at the newest frame; `next_frame` is appended."""
         i = self.cursor
-        self.actions[i], self.rewards[i], self.terminated[i] = action, reward, terminated
-        self.valid[i] = True
+        self.actions[i], self.rewards[i], self.terminated[i], self.valid[i] = action, reward, terminated, True
         self._write(next_frame, first=False)
 
     def _write(self, frame, first: bool) -> None:
@@ -225,31 +212,33 @@ def greedy_action(q_net, stack: np.ndarray, device) -> int:
         return int(q_net(torch.as_tensor(stack[None], device=device)).argmax())
 
 
-def evaluate(q_net, args, episodes: int, device, run_dir: str, video_path=None) -> None:
-    """Greedy episodes, written to <run>/eval.json and printed; the first is recorded if asked."""
-    env = make_env(args, "rgb_array" if video_path else None)
-    video = VideoWriter(video_path, fps=60 // args.frame_skip) if video_path else None
-    results = []
-    for episode in range(episodes):
-        frame, info = env.reset(seed=args.seed + episode)
+def evaluate(q_net, env, args, episodes: int, device, run_dir: str, stop, record: bool) -> None:
+    """Greedy episodes to <run>/eval.json. The NES is deterministic: from power-on (episode 0, recorded
+    if asked) greedy play is one path; the others start after 0-30 no-op frames (drawn from --seed)."""
+    video = VideoWriter(os.path.join(run_dir, "videos", "eval.mp4"), fps=60 // args.frame_skip)
+    noop = env.unwrapped.action_meanings.index("NOOP") if args.actions != "right" else 0  # right: no NOOP
+    starts, results = np.random.default_rng(args.seed), []
+    while len(results) < episodes and not stop:  # Ctrl-C or SIGTERM ends the evaluation
+        frame, info = env.reset()
+        noops = int(starts.integers(31)) if results else 0
+        for _ in range(noops):  # single NES frames, before the first agent step
+            frame = env.observation(env.unwrapped.step(noop)[0])
         stack, done, total, length, best_x, since_best = np.stack([frame] * 4), False, 0.0, 0, 0, 0
-        while not done and since_best < args.eval_patience:
-            if video and episode == 0:
+        while not (done or stop) and since_best < args.eval_patience:
+            if record and not results:
                 video.add(env.render())
             frame, reward, terminated, truncated, info = env.step(greedy_action(q_net, stack, device))
             stack, total, length = np.concatenate([stack[1:], frame[None]]), total + reward, length + 1
-            since_best = 0 if info["x_pos"] > best_x else since_best + 1
-            best_x = max(best_x, info["x_pos"])
+            since_best, best_x = (0, info["x_pos"]) if info["x_pos"] > best_x else (since_best + 1, best_x)
             done = terminated or truncated
-        results.append({"return": total, "length": length, **{k: info[k] for k in ("x_pos", "flag_get")}})
-    if video:
-        video.close()
-    env.close()
+        results.append({"noops": noops, "return": total, "length": length,
+                        **{k: info[k] for k in ("x_pos", "flag_get")}})
+    video.close()  # nothing to close unless recorded
     x_pos, flags = [r["x_pos"] for r in results], sum(r["flag_get"] for r in results)
     mean = write_evaluation(run_dir, [r["return"] for r in results], flags=flags, results=results,
                             mean_x_pos=float(np.mean(x_pos)) if x_pos else float("nan"))
-    print(f"greedy evaluation over {len(results)} episodes: mean return {mean:.1f}, x_pos {x_pos}, "
-          f"flags {flags}/{len(results)}", flush=True)
+    print(f"greedy evaluation over {len(results)} episodes (no-op frames {[r['noops'] for r in results]}): "
+          f"mean return {mean:.1f}, x_pos {x_pos}, flags {flags}/{len(results)}", flush=True)
 
 
 if __name__ == "__main__":
@@ -258,52 +247,58 @@ if __name__ == "__main__":
     seed_everything(args.seed)
     torch.set_num_threads(1)
     device = pick_device(args.cuda)
+    checkpoint = args.eval_checkpoint or args.resume
+    state = load_checkpoint(checkpoint, script, device) if checkpoint else {}
+    # checked before the run directory exists: a rejected command leaves nothing behind
+    if state.get("args", asdict(args))["actions"] != args.actions:  # one network output per action
+        raise SystemExit(f"error: {checkpoint} was trained with --actions {state['args']['actions']}")
+    if args.resume and not state.get("global_step", args.total_steps) < args.total_steps:  # weights.pt: none
+        raise SystemExit(f"error: --resume needs a <run>/checkpoint.pt from before step {args.total_steps}")
     run_dir = make_run_dir(args.runs_dir, "SuperMarioBros-{}-{}".format(*args.stage), script, args.seed)
     print(f"run directory: {run_dir} | device: {device}", flush=True)
 
-    env = make_env(args)
+    env = SkipMaxGray(MarioEnv(*args.stage, args.actions, "rgb_array"), args.frame_skip)  # renders on request
     q_net = QNetwork(int(env.action_space.n)).to(device)
-
+    stop = StopRequest()  # Ctrl-C or SIGTERM: the step in progress completes, then the run saves and exits
     if args.eval_checkpoint:
-        q_net.load_state_dict(load_checkpoint(args.eval_checkpoint, script, device)["q_net"])
-        evaluate(q_net, args, max(args.eval_episodes, 1), device, run_dir,
-                 os.path.join(run_dir, "videos", "eval.mp4"))
-        raise SystemExit(0)
+        q_net.load_state_dict(state["q_net"])
+        evaluate(q_net, env, args, max(args.eval_episodes, 1), device, run_dir, stop, record=True)
+        raise SystemExit(stop.exit_code if stop else 0)
 
     target_net = QNetwork(int(env.action_space.n)).to(device)
     optimizer = torch.optim.Adam(q_net.parameters(), lr=args.learning_rate)
-    start_step, start_time = 0, 0.0
+    buffer = FrameReplayBuffer(args.buffer_size, env.observation_space.shape, args.seed)
+    rng = np.random.default_rng(args.seed)  # exploration
+    start_step, start_time = state.get("global_step", 0), state.get("time_s", 0.0)
+    # short runs (the smoke test) still make a few updates; a resumed run refills the buffer first.
+    learning_starts = max(min(args.learning_starts, args.total_steps * 9 // 10), args.batch_size)
     if args.resume:
-        state = load_checkpoint(args.resume, script, device)
         q_net.load_state_dict(state["q_net"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_step, start_time = state["global_step"], state["time_s"]
-        print(f"resumed from {args.resume} at step {start_step}; the replay buffer refills first")
-    target_net.load_state_dict(q_net.state_dict())
+        optimizer.load_state_dict(state["optimizer"])  # its learning rate too
+        rng.bit_generator.state = state["rng"]["explore"]  # the random streams continue too
+        buffer.rng.bit_generator.state = state["rng"]["replay"]
+        print(f"resumed at step {start_step}; the replay buffer refills for {learning_starts} steps")
+    target_net.load_state_dict(state.get("target_net", q_net.state_dict()))  # a new run: a copy
 
     # The emulator steps in a second thread while this one learns (nes-py's C++ and torch release
     # the GIL); a short GIL switch interval keeps its Python parts from waiting 5 ms behind us.
     emulator = ThreadPoolExecutor(max_workers=1)
     sys.setswitchinterval(2e-4)
-    buffer = FrameReplayBuffer(args.buffer_size, env.observation_space.shape, args.seed)
-    # short runs (the smoke test) still make a few updates; a resumed run refills the buffer first.
-    learning_starts = max(min(args.learning_starts, args.total_steps * 9 // 10), args.batch_size)
-    exploration_steps = int(args.exploration_fraction * args.total_steps)
     metrics = MetricsWriter(run_dir, ("x_pos", "flag_get", "loss", "q_mean", "epsilon"), start_time)
     progress = Progress(args.total_steps, start_step)
     recent_returns, recent_x = deque(maxlen=20), deque(maxlen=20)
-    rng = np.random.default_rng(args.seed)
     loss = q_mean = torch.tensor(float("nan"))
-    frame, _ = env.reset(seed=args.seed)
-    stack, episode_return, episode_length = np.stack([frame] * 4), 0.0, 0
-    buffer.start_episode(frame)
-    for global_step in range(start_step, args.total_steps):
-        decayed = min(max(global_step - learning_starts, 0) / max(exploration_steps, 1), 1.0)
+    checkpoint_path = os.path.join(run_dir, "checkpoint.pt")
+    global_step, stopping, done = start_step, False, True  # global_step: agent steps taken so far
+    while global_step < args.total_steps and not stopping:
+        if done:  # a new episode: its first frame, repeated, is the first state
+            stack, episode_return, episode_length = np.stack([env.reset()[0]] * 4), 0.0, 0
+            buffer.start_episode(stack[-1])
+        decayed = min(max(global_step - args.learning_starts, 0) / args.exploration_steps, 1.0)
         epsilon = 1.0 + (args.end_epsilon - 1.0) * decayed  # linear from 1 to end_epsilon
         explore = rng.random() < epsilon
         action = int(rng.integers(env.action_space.n)) if explore else greedy_action(q_net, stack, device)
         next_step = emulator.submit(env.step, action)
-
         if global_step - start_step >= learning_starts and global_step % args.train_frequency == 0:
             b_obs, b_actions, b_returns, b_next_obs, b_terminated, b_discount = buffer.sample(
                 args.batch_size, device, args.n_step, args.gamma)
@@ -315,36 +310,40 @@ if __name__ == "__main__":
             nn.utils.clip_grad_norm_(q_net.parameters(), args.max_grad_norm)
             optimizer.step()
             q_mean = q.detach().mean()
-        if (global_step + 1) % args.target_update_interval == 0:
-            target_net.load_state_dict(q_net.state_dict())
-
         frame, reward, terminated, truncated, info = next_step.result()
+        global_step += 1
+        if global_step % args.target_update_interval == 0:
+            target_net.load_state_dict(q_net.state_dict())
         # On truncation (the in-game clock) `frame` is the real last state: the target bootstraps.
         buffer.add(action, reward * args.reward_scale, terminated, frame)
         stack = np.concatenate([stack[1:], frame[None]])  # drop the oldest frame, append the newest
         episode_return, episode_length = episode_return + reward, episode_length + 1
-        if terminated or truncated:
+        done = terminated or truncated
+        if done:
             recent_returns.append(episode_return)
             recent_x.append(info["x_pos"])
-            metrics.episode(global_step + 1, episode_return, episode_length, x_pos=info["x_pos"],
+            metrics.episode(global_step, episode_return, episode_length, x_pos=info["x_pos"],
                             flag_get=int(info["flag_get"]))
-            frame, _ = env.reset()
-            stack, episode_return, episode_length = np.stack([frame] * 4), 0.0, 0
-            buffer.start_episode(frame)
-        if (global_step + 1) % args.log_interval == 0:
-            metrics.log(global_step + 1, progress.steps_per_second(global_step + 1), loss=loss.item(),
+        if global_step % args.log_interval == 0:
+            metrics.log(global_step, progress.steps_per_second(global_step), loss=loss.item(),
                         q_mean=q_mean.item(), epsilon=epsilon)
-            progress.print(global_step + 1, recent_returns)
+            progress.print(global_step, recent_returns)
             print(f"    x_pos: mean of last 20 episodes {np.mean(recent_x or [0]):.0f}", flush=True)
-        if args.save_model and ((global_step + 1) % args.checkpoint_interval == 0
-                                or global_step + 1 == args.total_steps):
-            save_checkpoint(os.path.join(run_dir, "checkpoint.pt"), {
-                "script": script, "q_net": q_net.state_dict(), "optimizer": optimizer.state_dict(),
-                "global_step": global_step + 1, "time_s": metrics.elapsed(), "args": asdict(args)})
+        stopping = bool(stop)  # read once per step: a signal after this line is seen at the next one
+        if stopping or args.save_model and (global_step % args.checkpoint_interval == 0
+                                            or global_step == args.total_steps):
+            save_checkpoint(checkpoint_path, {  # all --resume needs but the replay buffer (it refills)
+                "script": script, "q_net": q_net.state_dict(), "target_net": target_net.state_dict(),
+                "optimizer": optimizer.state_dict(), "global_step": global_step, "time_s": metrics.elapsed(),
+                "rng": {"explore": rng.bit_generator.state, "replay": buffer.rng.bit_generator.state},
+                "args": asdict(args)})
+            save_checkpoint(os.path.join(run_dir, "weights.pt"),  # the network alone, to share
+                            {"script": script, "q_net": q_net.state_dict(), "args": asdict(args)})
     emulator.shutdown()
-    env.close()
     metrics.close(y="x_pos")
-
+    if stopping:
+        stop.exit(global_step, checkpoint_path)
     if args.eval_episodes > 0:
-        video_path = os.path.join(run_dir, "videos", "eval.mp4") if args.capture_video else None
-        evaluate(q_net, args, args.eval_episodes, device, run_dir, video_path)
+        evaluate(q_net, env, args, args.eval_episodes, device, run_dir, stop, args.capture_video)
+    env.close()
+    raise SystemExit(stop.exit_code if stop else 0)  # a stop during the evaluation cut it short

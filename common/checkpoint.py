@@ -35,20 +35,35 @@ def save_checkpoint(path: str, state: dict) -> None:
     """Write to a temporary file in the same directory, then rename it over `path`.
 
     A crash mid-write leaves the previous checkpoint intact: `os.replace` is atomic. Ctrl-C or
-    SIGTERM during the write takes effect once the new checkpoint is in place.
+    SIGTERM during the write takes effect once the new checkpoint is in place. A full or read-only
+    disk ends the run with one `error:` line; the previous checkpoint stays.
     """
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
     with signals_held():
-        fd, tmp_path = tempfile.mkstemp(dir=directory, prefix=".checkpoint-", suffix=".tmp")
+        try:
+            os.makedirs(directory, exist_ok=True)
+            fd, tmp_path = tempfile.mkstemp(dir=directory, prefix=".checkpoint-", suffix=".tmp")
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp's 0600 would hide a shared checkpoint
+        except OSError as e:
+            raise SystemExit(f"error: cannot write checkpoint {path}: {e.strerror or e}")
         try:
             with os.fdopen(fd, "wb") as f:
                 torch.save(state, f)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp_path, path)
-        except BaseException:
+        except BaseException as e:
             os.unlink(tmp_path)
+            # torch's zip writer reports a failed write (ENOSPC, EFBIG) as a RuntimeError
+            message = str(e).splitlines()[0] if str(e) else type(e).__name__
+            if isinstance(e, OSError) or (isinstance(e, RuntimeError) and any(
+                    s in message for s in ("unexpected pos", "file write failed", "PytorchStreamWriter"))):
+                reason = (e.strerror if isinstance(e, OSError) and e.strerror
+                          else f"write failed, is the disk full? torch: {message}")
+                raise SystemExit(f"error: cannot write checkpoint {path} ({reason}); the previous "
+                                 "checkpoint, if any, is kept") from None
             raise
 
 

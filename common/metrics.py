@@ -34,9 +34,12 @@ class MetricsWriter:
 
     def _write(self, kind, global_step, **values):
         row = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in values.items()}
-        self.writer.writerow({"kind": kind, "global_step": global_step,
-                              "time_s": round(self.elapsed(), 3), **row})
-        self.file.flush()
+        try:
+            self.writer.writerow({"kind": kind, "global_step": global_step,
+                                  "time_s": round(self.elapsed(), 3), **row})
+            self.file.flush()
+        except OSError as e:  # a full disk: stop with one line; the last checkpoint stays
+            raise SystemExit(f"error: cannot write {self.path}: {e.strerror or e}") from None
 
     def close(self, y: str = "episode_return") -> None:
         self.file.close()
@@ -48,8 +51,12 @@ def write_evaluation(run_dir: str, returns, **extra) -> float:
     benchmarks/benchmark.py reads; return the mean return."""
     returns = [float(r) for r in returns]
     mean = float(np.mean(returns)) if returns else float("nan")
-    with open(os.path.join(run_dir, "eval.json"), "w") as f:
-        json.dump({"episodes": len(returns), "mean_return": mean, "returns": returns, **extra}, f)
+    path = os.path.join(run_dir, "eval.json")
+    try:
+        with open(path, "w") as f:
+            json.dump({"episodes": len(returns), "mean_return": mean, "returns": returns, **extra}, f)
+    except OSError as e:
+        raise SystemExit(f"error: cannot write {path}: {e.strerror or e}") from None
     return mean
 
 

@@ -6,6 +6,7 @@ import random
 import sys
 import time
 
+import gymnasium as gym
 import numpy as np
 import torch
 import tyro
@@ -20,9 +21,18 @@ def parse_args(args_class):
     except SystemExit as exit_:
         if not exit_.code:  # --help
             raise
-        # tyro's error box is a title line, a rule and the message, drawn with -, ─ or box corners.
+        # tyro's error box is a title line, then the message (wrapped over several lines, maybe
+        # after a rule) and more after another rule, drawn with -, ─ or box corners.
         lines = [line.strip(" -─│╭╮╰╯") for line in captured.getvalue().splitlines()]
-        title, message, *_ = [line for line in lines if line] + ["invalid arguments", ""]
+        first = next((i for i, line in enumerate(lines) if line), len(lines))
+        title = lines[first] if first < len(lines) else "invalid arguments"
+        rest = lines[first + 1:]
+        start = next((i for i, line in enumerate(rest) if line), len(rest))
+        end = next((i for i in range(start, len(rest)) if not rest[i]), len(rest))
+        message = " ".join(rest[start:end])
+        if message.startswith("Error parsing "):  # "... --seed: why" or "... Args: __post_init__'s why"
+            where, why = message[len("Error parsing "):].split(": ", 1)
+            title, message = (why, "") if where[:1].isupper() else (f"invalid {where}", why)
         print(f"error: {title}: {message}".rstrip(": "), file=sys.stderr)
         sys.exit(2)
     if unknown:
@@ -50,7 +60,19 @@ def make_run_dir(runs_dir: str, env_id: str, script: str, seed: int) -> str:
             return os.path.join(runs_dir, stem + suffix)
         except FileExistsError:
             continue
-    raise RuntimeError(f"could not create a run directory for {stem} in {runs_dir}")
+        except OSError as e:  # a read-only parent, a file in the way, a full disk
+            raise SystemExit(f"error: cannot create a run directory in --runs-dir {runs_dir}: "
+                             f"{e.strerror or e}") from None
+    raise SystemExit(f"error: cannot create a run directory for {stem} in {runs_dir}")
+
+
+def check_env_id(env_id: str) -> str:
+    """`env_id` if gymnasium knows it; a ValueError (one `error:` line from parse_args) if not."""
+    try:
+        gym.spec(env_id)
+    except gym.error.Error as e:
+        raise ValueError(f"--env-id {env_id}: {e}") from None
+    return env_id
 
 
 class Progress:

@@ -1,9 +1,9 @@
 """cartpole_dqn.py: replay buffer, TD target, epsilon schedule, checkpoints and learning."""
+import csv
 import json
 import os
+import resource
 import signal
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -11,7 +11,7 @@ import torch
 
 import cartpole_dqn as dqn
 from common.metrics import read_episodes
-from conftest import REPO, run_dirs
+from conftest import run_dirs, stop_with_signal
 
 
 def test_replay_buffer_wraps_around():
@@ -92,18 +92,37 @@ def test_learns_cartpole(run_script, tmp_path):
     assert best >= 120, f"best mean of 20 training episodes {best:.1f} after 8k steps"
 
 
-def test_ctrl_c_saves_a_resumable_checkpoint(tmp_path):
-    command = [sys.executable, os.path.join(REPO, "cartpole_dqn.py"), "--runs-dir",
-               str(tmp_path / "runs"), "--total-steps", "1000000", "--save-model", "--log-interval", "500"]
-    # A shell starts background jobs with SIGINT ignored, and children inherit that: restore the
-    # default so this test behaves the same wherever pytest was started from.
-    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, text=True,
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    for line in process.stdout:  # wait until training is under way
-        if line.startswith("step"):
-            break
-    process.send_signal(signal.SIGINT)
-    assert process.wait(timeout=30) == 130
-    (run_dir,) = run_dirs(tmp_path)
-    state = torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=True)
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_stop_signal_saves_a_checkpoint_that_resumes(tmp_path, run_script, signum):
+    """Without --save-model, Ctrl-C or SIGTERM still saves; --resume continues the step count."""
+    state, _ = stop_with_signal(tmp_path, "cartpole_dqn.py", ["--total-steps", "1000000",
+                                                              "--log-interval", "500"], signum)
     assert 500 <= state["global_step"] < 1_000_000
+    (run_dir,) = run_dirs(tmp_path)
+    result = run_script("cartpole_dqn.py", "--resume", os.path.join(run_dir, "checkpoint.pt"),
+                        "--total-steps", str(state["global_step"] + 500), "--eval-episodes", "0",
+                        "--log-interval", "100", "--save-model")
+    assert result.returncode == 0, result.stderr
+    resumed = [d for d in run_dirs(tmp_path) if d != run_dir][0]
+    with open(os.path.join(resumed, "metrics.csv")) as f:
+        steps = [int(r["global_step"]) for r in csv.DictReader(f) if r["kind"] == "log"]
+    assert steps and steps[0] > state["global_step"]  # counting went on from the stop
+    final = torch.load(os.path.join(resumed, "checkpoint.pt"), weights_only=True)
+    assert final["global_step"] == state["global_step"] + 500
+
+
+def test_full_disk_during_the_checkpoint_is_one_line(run_script, tmp_path):
+    """A file-size limit makes every write past 50 kB fail as on a full disk (ENOSPC and EFBIG
+    reach torch's zip writer the same way): one `error:` line, exit 1, no temporary file left."""
+
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write instead of a killed process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, 50_000))
+
+    result = run_script("cartpole_dqn.py", "--total-steps", "300", "--save-model",
+                        "--eval-episodes", "0", preexec_fn=limit_file_size)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: cannot write checkpoint"), result.stderr
+    (run_dir,) = run_dirs(tmp_path)
+    assert sorted(os.listdir(run_dir)) == ["learning_curve.png", "metrics.csv"]

@@ -11,6 +11,7 @@ import torch
 
 from common.checkpoint import load_checkpoint, save_checkpoint
 from common.metrics import MetricsWriter, read_episodes
+from common.stopping import StopRequest, resume_command
 from common.utils import make_run_dir, parse_args
 from common.video import VideoWriter
 
@@ -132,3 +133,51 @@ def test_parse_args_one_line_error(argv, monkeypatch, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:"), err
+
+
+def test_full_disk_during_a_checkpoint_is_one_line_and_keeps_the_previous(tmp_path, monkeypatch):
+    path = str(tmp_path / "ckpt.pt")
+    save_checkpoint(path, {"script": "demo", "global_step": 1})
+
+    def save_on_a_full_disk(obj, f):  # what torch's zip writer raises when a write fails
+        f.write(b"PK")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+
+    monkeypatch.setattr(torch, "save", save_on_a_full_disk)
+    with pytest.raises(SystemExit) as exit_:
+        save_checkpoint(path, {"script": "demo", "global_step": 2})
+    assert str(exit_.value).startswith(f"error: cannot write checkpoint {path} (write failed")
+    assert load_checkpoint(path, "demo")["global_step"] == 1
+    assert os.listdir(tmp_path) == ["ckpt.pt"]
+
+
+def test_checkpoint_permissions_follow_the_umask(tmp_path):
+    path = str(tmp_path / "ckpt.pt")
+    previous = os.umask(0o022)
+    try:
+        save_checkpoint(path, {"script": "demo"})
+    finally:
+        os.umask(previous)
+    assert os.stat(path).st_mode & 0o777 == 0o644  # readable by others, as any written file
+
+
+def test_stop_request_flags_the_first_signal_and_exits_on_the_second():
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        stop = StopRequest()
+        assert not stop
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop and stop.exit_code == 143
+        with pytest.raises(SystemExit) as exit_:
+            os.kill(os.getpid(), signal.SIGINT)  # a second signal: stop at once
+        assert exit_.value.code == 143
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def test_resume_command_replaces_any_resume():
+    argv = ["/x/mario_ddqn.py", "--total-steps", "2000000", "--resume", "old.pt", "--seed", "2"]
+    assert resume_command(argv, "runs/a b/checkpoint.pt") == (
+        "python mario_ddqn.py --total-steps 2000000 --seed 2 --resume 'runs/a b/checkpoint.pt'")
+    assert resume_command(["s.py", "--resume=old.pt"], "c.pt") == "python s.py --resume c.pt"

@@ -1,13 +1,19 @@
-"""mario_ddqn.py: the Double-DQN target, the frame replay buffer, preprocessing, and learning."""
+"""mario_ddqn.py: the Double-DQN target, the frame replay buffer, preprocessing, learning, clean
+stops and exact resumes, the no-op-start evaluation, and one-line errors."""
 import csv
+import json
 import os
+import signal
+from dataclasses import asdict
 
 import numpy as np
+import pytest
 import torch
 
 import mario_ddqn as m
+from common.mario import ACTION_SETS, MarioEnv
 from common.metrics import read_episodes
-from conftest import run_dirs
+from conftest import run_dirs, stop_with_signal
 
 
 class Fixed(torch.nn.Module):
@@ -78,17 +84,14 @@ def test_area_resize_and_preprocessing():
     assert weights.shape == (84, 240) and np.allclose(weights.sum(axis=1), 1.0)
     assert np.allclose(m.area_matrix(4, 2).numpy(), [[0.5, 0.5, 0, 0], [0, 0, 0.5, 0.5]])
 
-    class Args:
-        stage, actions, frame_skip = (1, 1), "right", 4
-
-    env = m.make_env(Args)
+    env = m.SkipMaxGray(MarioEnv(1, 1, "right"), skip=4)
     frame, _ = env.reset(seed=0)
     assert frame.shape == (84, 84) and frame.dtype == np.uint8 and 0 < frame.mean() < 255
     for _ in range(10):  # 40 frames of walking right
         frame, reward, terminated, truncated, info = env.step(0)
     assert frame.shape == (84, 84) and reward > 0 and info["x_pos"] > 50
     white = np.full((240, 256, 3), 255, np.uint8)
-    assert (env.process(white) == 255).all()
+    assert (env.observation(white) == 255).all()
     env.close()
 
 
@@ -100,7 +103,7 @@ def test_learning_short_horizon(run_script, tmp_path):
     end well to the right of the start (x = 40), mostly at the first Goomba (x ~ 300)."""
     result = run_script("mario_ddqn.py", "--actions", "complex", "--total-steps", "4000",
                         "--learning-starts", "500", "--buffer-size", "5000",
-                        "--target-update-interval", "250", "--exploration-fraction", "0.25",
+                        "--target-update-interval", "250", "--exploration-steps", "1000",
                         "--seed", "1", "--eval-episodes", "0", "--log-interval", "500", timeout=400)
     assert result.returncode == 0, result.stderr[-3000:]
     (run_dir,) = run_dirs(tmp_path)
@@ -115,7 +118,8 @@ def test_learning_short_horizon(run_script, tmp_path):
 
 def test_checkpoint_resume_and_play(run_script, tmp_path):
     """The checkpoint --save-model leaves holds the step count; --resume goes on from there, and
-    --eval-checkpoint plays the saved network and records the episode."""
+    --eval-checkpoint plays the saved network and records the episode. weights.pt holds the
+    network alone (the weights-only form plays in test_evaluation_from_power_on_then_no_op_starts)."""
     short = ("--buffer-size", "1000", "--learning-starts", "100", "--eval-episodes", "0", "--save-model",
              "--checkpoint-interval", "300", "--log-interval", "150")
     result = run_script("mario_ddqn.py", "--total-steps", "450", *short)
@@ -123,11 +127,93 @@ def test_checkpoint_resume_and_play(run_script, tmp_path):
     (first,) = run_dirs(tmp_path)
     checkpoint = os.path.join(first, "checkpoint.pt")
     assert torch.load(checkpoint, weights_only=True)["global_step"] == 450
+    weights = torch.load(os.path.join(first, "weights.pt"), weights_only=True)
+    assert sorted(weights) == ["args", "q_net", "script"]
     result = run_script("mario_ddqn.py", "--total-steps", "600", "--resume", checkpoint, *short)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "resumed from" in result.stdout and "step       600/600" in result.stdout
+    assert "resumed at step 450" in result.stdout and "step       600/600" in result.stdout
     assert "step       150/600" not in result.stdout  # the step count went on from 450
-    result = run_script("mario_ddqn.py", "--eval-checkpoint", checkpoint, "--eval-patience", "20")
+    result = run_script("mario_ddqn.py", "--eval-checkpoint", checkpoint, "--eval-episodes", "2",
+                        "--eval-patience", "20")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "greedy evaluation over 1 episodes" in result.stdout
+    assert "greedy evaluation over 2 episodes" in result.stdout
     assert os.path.getsize(os.path.join(run_dirs(tmp_path)[-1], "videos", "eval.mp4")) > 0
+
+
+def log_rows(run_dir: str) -> list[dict]:
+    with open(os.path.join(run_dir, "metrics.csv"), newline="") as f:
+        return [r for r in csv.DictReader(f) if r["kind"] == "log"]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_stop_signal_saves_a_checkpoint_that_resumes_exactly(tmp_path, run_script, signum):
+    """SIGTERM to the process, or Ctrl-C to its group (started with SIGINT ignored, as a background
+    job), without --save-model: the step in progress completes, the checkpoint is written, the run
+    exits 143/130. --resume with another --total-steps continues the step count and epsilon."""
+    short = ["--learning-starts", "20", "--batch-size", "16", "--buffer-size", "500",
+             "--exploration-steps", "2000", "--log-interval", "50"]
+    state, _ = stop_with_signal(tmp_path, "mario_ddqn.py", ["--total-steps", "1000000", *short], signum,
+                                to_group=signum == signal.SIGINT)
+    assert sorted(state) == ["args", "global_step", "optimizer", "q_net", "rng", "script", "target_net",
+                             "time_s"]  # no replay buffer: it refills
+    stopped_at = state["global_step"]
+    assert 50 <= stopped_at < 1_000_000 and state["args"]["exploration_steps"] == 2000
+    (first,) = run_dirs(tmp_path)
+    assert os.path.exists(os.path.join(first, "weights.pt"))
+    result = run_script("mario_ddqn.py", "--resume", os.path.join(first, "checkpoint.pt"), "--total-steps",
+                        str(stopped_at + 120), "--eval-episodes", "0", *short)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"resumed at step {stopped_at}; the replay buffer refills for 20 steps" in result.stdout
+    (resumed,) = [d for d in run_dirs(tmp_path) if d != first]
+    before, after = log_rows(first), log_rows(resumed)
+    assert int(after[0]["global_step"]) == (stopped_at // 50 + 1) * 50  # counting went on
+
+    def epsilon(row):  # the step that row logs acted with epsilon at step - 1 (steps taken before it)
+        return 1 - 0.98 * min(max(int(row["global_step"]) - 1 - 20, 0) / 2000, 1)
+
+    for row in before + after:  # one straight line across the stop, whatever --total-steps
+        assert float(row["epsilon"]) == pytest.approx(epsilon(row), abs=1e-6), row
+    assert float(after[0]["epsilon"]) < float(before[-1]["epsilon"]) < 1
+
+
+def test_evaluation_from_power_on_then_no_op_starts(run_script, tmp_path):
+    """A weights-only file plays: episode 0 from power-on, the others after 0-30 no-op frames drawn
+    from --seed; eval.json has each episode's no-op count, x_pos and flag, and the number of flags."""
+    torch.manual_seed(0)
+    weights = tmp_path / "weights.pt"
+    torch.save({"script": "mario_ddqn", "q_net": m.QNetwork(len(ACTION_SETS["right_only"])).state_dict(),
+                "args": asdict(m.Args())}, weights)
+    result = run_script("mario_ddqn.py", "--eval-checkpoint", str(weights), "--eval-episodes", "4",
+                        "--eval-patience", "10", "--seed", "5")
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = run_dirs(tmp_path)
+    evaluation = json.load(open(os.path.join(run_dir, "eval.json")))
+    noops = [episode["noops"] for episode in evaluation["results"]]
+    assert noops == [0] + np.random.default_rng(5).integers(31, size=3).tolist()
+    assert evaluation["episodes"] == 4 and evaluation["flags"] == 0
+    assert all({"x_pos", "flag_get", "noops"} <= set(episode) for episode in evaluation["results"])
+    assert f"no-op frames {noops}" in result.stdout
+
+
+@pytest.mark.parametrize("case", ["actions", "exploration", "epsilon", "cartpole", "weights_only",
+                                  "other_actions", "already_done"])
+def test_bad_input_is_one_line_error(case, run_script, tmp_path):
+    """What a new user might try: one `error:` line, a non-zero exit, no run directory."""
+    saved = str(tmp_path / "saved.pt")
+    q_net = m.QNetwork(len(ACTION_SETS["right_only"])).state_dict()
+    files = {"cartpole": {"script": "cartpole_dqn", "q_net": {}},
+             "weights_only": {"script": "mario_ddqn", "q_net": q_net, "args": asdict(m.Args())},
+             "other_actions": {"script": "mario_ddqn", "q_net": {}, "args": asdict(m.Args(actions="right"))},
+             "already_done": {"script": "mario_ddqn", "q_net": q_net, "args": asdict(m.Args()),
+                              "global_step": 500_000, "optimizer": {}}}
+    if case in files:
+        torch.save(files[case], saved)
+    argv = {"actions": ["--actions", "bogus"], "exploration": ["--exploration-steps", "0"],
+            "epsilon": ["--end-epsilon", "2"], "cartpole": ["--resume", saved],
+            "weights_only": ["--resume", saved], "other_actions": ["--eval-checkpoint", saved],
+            "already_done": ["--resume", saved]}[case]
+    result = run_script("mario_ddqn.py", *argv, timeout=60)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+    assert run_dirs(tmp_path) == []

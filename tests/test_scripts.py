@@ -33,3 +33,21 @@ def test_bad_input_is_one_line_error(script, bad, run_script, tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
     assert run_dirs(tmp_path) == []  # rejected before anything is created
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_unusable_runs_dir_is_one_line_error(script, run_script, tmp_path):
+    (tmp_path / "a_file").write_text("")  # --runs-dir below a file: NotADirectoryError
+    result = run_script(script, "--runs-dir", str(tmp_path / "a_file" / "runs"), timeout=60)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: cannot create a run directory"), result.stderr
+
+
+@pytest.mark.parametrize("script", [s for s in SCRIPTS if "env_id" in open(os.path.join(REPO, s)).read()])
+def test_unknown_env_id_is_one_line_error(script, run_script, tmp_path):
+    result = run_script(script, "--env-id", "NoSuchEnv-v9", timeout=60)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "NoSuchEnv" in lines[0] and lines[0].startswith("error:"), result.stderr
+    assert run_dirs(tmp_path) == []
