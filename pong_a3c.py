@@ -8,7 +8,7 @@ process (spawn) owns its envs and a local network: copy the global weights, play
 (episodes go on across rollouts), compute the gradient, hand it to the global parameters, step the
 shared optimizer with no lock (Hogwild!). An evaluator process plays a greedy episode with a video
 every --eval-interval steps. The main process logs what the children report through a queue and
-checkpoints; Ctrl-C/SIGTERM stop all within seconds (checkpoint, exit 130); a dead child is
+checkpoints; Ctrl-C/SIGTERM stop all within seconds (checkpoint, exit 130/143); a dead child is
 reported (exit 1): children print "worker <i> pid <pid>" as they start.
 
 Env: ale-py's AtariVectorEnv preprocesses in C++: 4 frames per action (max of the last two),
@@ -19,7 +19,6 @@ harder default (Machado et al., 2018). Rewards are clipped to [-1, 1] for learni
 """
 import os
 import queue as queue_lib
-import signal
 import time
 from collections import deque
 from dataclasses import asdict, dataclass
@@ -33,7 +32,8 @@ from ale_py.vector_env import AtariVectorEnv
 
 from common.checkpoint import load_checkpoint, save_checkpoint
 from common.metrics import MetricsWriter, write_evaluation
-from common.utils import Progress, make_run_dir, parse_args, seed_everything
+from common.stopping import StopRequest, children_ignore_signals
+from common.utils import Progress, check_env_id, make_run_dir, parse_args, seed_everything
 from common.video import VideoWriter
 
 
@@ -85,19 +85,24 @@ class Args:
     """an evaluation episode is cut after this many env steps (a full game takes ~1-4k)"""
 
     def __post_init__(self):
-        for name in ("total_steps", "log_interval", "n_workers", "n_steps", "envs_per_worker",
-                     "eval_max_steps"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        if min(self.eval_episodes, self.eval_interval) < 0 or self.learning_rate <= 0 or not (
-                0 <= self.gamma <= 1 and 0 <= self.sticky_actions < 1):
-            raise ValueError("need --eval-episodes, --eval-interval >= 0, --learning-rate > 0, "
-                             "--gamma in [0, 1], --sticky-actions in [0, 1)")
-        if rom_name(self.env_id) not in roms.get_all_rom_ids():
-            raise ValueError(f"unknown ALE game {self.env_id!r}")
-        for path in (self.eval_checkpoint, self.resume):
-            if path is not None and not os.path.isfile(path):
-                raise ValueError(f"checkpoint not found: {path}")
+        games = roms.get_all_rom_ids()  # ALE/<Game>-v5 ids: gymnasium knows them once ale_py is imported
+        if self.env_id not in games and rom_name(check_env_id(self.env_id)) not in games:
+            raise ValueError(f"--env-id {self.env_id}: not an ALE game")
+        envs, inf = max(self.envs_per_worker, 1), float("inf")
+        for name, low, high in (("total_steps", 1, inf), ("log_interval", 1, inf), ("eval_max_steps", 1, inf),
+                                ("eval_episodes", 0, inf), ("eval_interval", 0, inf), ("gamma", 0, 1),
+                                ("learning_rate", 1e-7, 1), ("max_grad_norm", 1e-7, inf),
+                                ("ent_coef", 0, 1e3), ("vf_coef", 0, 1e3), ("sticky_actions", 0, 0.99),
+                                # a worker is a process with torch loaded: more than 4 per core only contend
+                                ("n_workers", 1, 4 * (os.cpu_count() or 1)),
+                                # a rollout keeps n_steps x envs_per_worker observations of 28 kB
+                                ("envs_per_worker", 1, 4096), ("n_steps", 1, 4096 // envs),
+                                # env i of worker w is seeded with (seed + w) * envs_per_worker + i: int32
+                                ("seed", 0, 2 ** 31 // envs - self.n_workers - 1)):
+            if not low <= (value := getattr(self, name)) <= high:  # NaN fails too
+                raise ValueError(f"--{name.replace('_', '-')} must be in [{low}, {high}], got {value}")
+        if missing := [p for p in (self.eval_checkpoint, self.resume) if p and not os.path.isfile(p)]:
+            raise ValueError(f"checkpoint not found: {missing[0]}")
 
 
 def rom_name(env_id: str) -> str:
@@ -169,7 +174,6 @@ def a3c_loss(logits, values, actions, returns, vf_coef: float, ent_coef: float):
 
 
 def start_child(queue, name: str, seed: int) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches all; the main process decides
     queue.cancel_join_thread()  # exit at once on stop even if the main process stopped reading
     torch.set_num_threads(1)  # one core per process: more threads only contend
     torch.manual_seed(seed)
@@ -217,15 +221,15 @@ def worker(rank, args, global_model, optimizer, steps, stop, queue, parent_pid):
 
 @torch.no_grad()
 def evaluate(model, args, episodes: int, seed: int, video_path=None, stop=None) -> list[float]:
-    """Greedy returns, each episode cut after --eval-max-steps. The first one is recorded when
-    `video_path` is set, as the agent sees it (84x84, enlarged 4x: the vector env cannot render)."""
+    """Greedy returns, each episode cut after --eval-max-steps, all once `stop` is true. The first
+    is filmed if `video_path` is set, as the agent sees it (84x84 enlarged 4x: the env can't render)."""
     env, returns = make_env(args), []
     video = VideoWriter(video_path or "", fps=15)  # 60 frames/s, 4 per step; no add(): no file
     obs, _ = env.reset(seed=seed)
     for episode in range(episodes):
         returns.append(0.0)
         for _ in range(args.eval_max_steps):
-            if stop is not None and stop.value:
+            if stop:
                 break
             if video_path and episode == 0:
                 video.add(np.repeat(np.repeat(obs[0, -1], 4, 0), 4, 1)[..., None].repeat(3, 2))
@@ -265,44 +269,46 @@ def report_evaluation(returns: list[float], run_dir: str) -> None:
 if __name__ == "__main__":
     args = parse_args(Args)
     script = os.path.splitext(os.path.basename(__file__))[0]
+    state = load_checkpoint(path, script) if (path := args.eval_checkpoint or args.resume) else None
     seed_everything(args.seed)
     torch.set_num_threads(1)
+    global_model = ActorCritic(n_actions := int(make_env(args).single_action_space.n))
+    if state and (found := state["model"]["policy.weight"].shape[0]) != n_actions:  # another game's
+        raise SystemExit(f"error: {path} has {found} actions, --env-id {args.env_id} has {n_actions}")
+    if state:
+        global_model.load_state_dict(state["model"])
     run_dir = make_run_dir(args.runs_dir, args.env_id, script, args.seed)
     print(f"run directory: {run_dir} | device: cpu | workers: {args.n_workers}", flush=True)
-    global_model = ActorCritic(n_actions := int(make_env(args).single_action_space.n))
     if args.eval_checkpoint:
-        global_model.load_state_dict(load_checkpoint(args.eval_checkpoint, script)["model"])
         report_evaluation(evaluate(global_model, args, max(args.eval_episodes, 1), args.seed,
                                    os.path.join(run_dir, "videos", "eval.mp4")), run_dir)
         raise SystemExit(0)
     optimizer = SharedAdam(global_model.parameters(), args.learning_rate)
-    start_step, start_time = 0, 0.0
+    start_step, start_time = (state["global_step"], state["time_s"]) if args.resume else (0, 0.0)
     if args.resume:
-        state = load_checkpoint(args.resume, script)
-        global_model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         optimizer.share_memory()
-        start_step, start_time = state["global_step"], state["time_s"]
     global_model.share_memory()
     ctx = mp.get_context("spawn")
     # No locks, so a killed child holds none: sum(steps) = steps before a resume + each worker's.
     steps = ctx.Array("q", [start_step] + [0] * args.n_workers, lock=False)
-    stop, queue = ctx.Value("b", 0, lock=False), ctx.Queue()
+    children_stop, queue = ctx.Value("b", 0, lock=False), ctx.Queue()
     children = [ctx.Process(target=worker, name=f"worker {rank}", daemon=True, args=(
-        rank, args, global_model, optimizer, steps, stop, queue, os.getpid()))
+        rank, args, global_model, optimizer, steps, children_stop, queue, os.getpid()))
         for rank in range(args.n_workers)]
     if 0 < args.eval_interval < args.total_steps:
         children.append(ctx.Process(target=evaluator, name="evaluator", daemon=True, args=(
-            args, n_actions, global_model, steps, stop, queue, os.getpid(), run_dir)))
+            args, n_actions, global_model, steps, children_stop, queue, os.getpid(), run_dir)))
     metrics = MetricsWriter(run_dir, ("policy_loss", "value_loss", "entropy", "eval_return"), start_time)
     progress, recent_returns = Progress(args.total_steps, start_step), deque(maxlen=10)
-    recent_losses, next_log, dead, interrupted = deque(maxlen=100), args.log_interval, None, False
-    for signum in (signal.SIGINT, signal.SIGTERM):  # both stop cleanly, even if started with nohup/&
-        signal.signal(signum, signal.default_int_handler)
+    recent_losses, next_log, dead = deque(maxlen=100), args.log_interval, None
+    checkpoint_path, stop = os.path.join(run_dir, "checkpoint.pt"), StopRequest()
     try:
-        for child in children:
-            child.start()
-        while dead is None and any(child.is_alive() for child in children[:args.n_workers]):
+        with children_ignore_signals():  # a Ctrl-C to the group must not kill a child importing torch
+            for child in children:
+                child.start()
+        print("training: Ctrl-C or SIGTERM stops it and saves a checkpoint to resume from", flush=True)
+        while not stop and dead is None and any(child.is_alive() for child in children[:args.n_workers]):
             try:
                 kind, *message = queue.get(timeout=0.5)
             except queue_lib.Empty:
@@ -323,26 +329,21 @@ if __name__ == "__main__":
                 if args.save_model:
                     write_checkpoint(run_dir, script, global_model, optimizer, step, metrics, args)
             dead = next((child for child in children if child.exitcode not in (None, 0)), None)
-    except KeyboardInterrupt:
-        interrupted = True
-    finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not cut the cleanup
-            signal.signal(signum, signal.SIG_IGN)
-        stop.value = 1
-        for child in children:  # each gets its share of 5 s to finish its rollout, then is killed
-            child.join(5.0 / len(children))
-            if child.is_alive():
-                child.kill()
-        if args.save_model:
+    finally:  # on a stop, the end or an error: the children finish their rollout within 3 s or are killed
+        children_stop.value, deadline = 1, time.monotonic() + 3.0
+        for child in (child for child in children if child.pid is not None):  # started ones only
+            child.join(max(deadline - time.monotonic(), 0.0))
+            child.kill()  # a no-op once it has exited
+        if args.save_model or stop:
             write_checkpoint(run_dir, script, global_model, optimizer, sum(steps), metrics, args)
         metrics.close()
     if dead is not None:
         raise SystemExit(f"error: {dead.name} (pid {dead.pid}) died with exit code {dead.exitcode}; "
                          f"stopped at step {sum(steps)}, checkpoint in {run_dir}")
-    if interrupted:
-        print(f"interrupted at step {sum(steps)}; checkpoint in {run_dir}", flush=True)
-        raise SystemExit(130)
-    if args.eval_episodes > 0:
+    if args.eval_episodes > 0 and not stop:
         video_path = os.path.join(run_dir, "videos", "eval.mp4") if args.capture_video else None
-        report_evaluation(evaluate(global_model, args, args.eval_episodes, args.seed + 1, video_path),
-                          run_dir)
+        returns = evaluate(global_model, args, args.eval_episodes, args.seed + 1, video_path, stop)
+        if not stop:  # a Ctrl-C/SIGTERM during the final evaluation cuts it short: no report
+            report_evaluation(returns, run_dir)
+    if stop:  # the checkpoint is missing only after a stop in the final evaluation with --no-save-model
+        stop.exit(sum(steps), checkpoint_path if os.path.exists(checkpoint_path) else None)

@@ -18,6 +18,7 @@ from torch.distributions import Categorical
 
 from common.checkpoint import load_checkpoint, save_checkpoint
 from common.metrics import MetricsWriter, write_evaluation
+from common.stopping import StopRequest, children_ignore_signals
 from common.utils import Progress, make_run_dir, parse_args, pick_device, seed_everything
 from common.video import VideoWriter
 
@@ -122,13 +123,13 @@ class Args:
     capture_video: bool = False
     """film the first evaluation game (vs the strongest bot): videos/eval.mp4"""
     save_model: bool = False
-    """save <run>/checkpoint.pt at the end, <run>/best.pt when the best improves"""
+    """save <run>/checkpoint.pt at the end (a stop by Ctrl-C/SIGTERM always does), best.pt on a new best"""
     eval_episodes: int = 50
     """evaluation games against each bot after training (or --eval-checkpoint)"""
     eval_checkpoint: str | None = None
     """skip training: play every bot from this checkpoint, film a game"""
     resume: str | None = None
-    """continue from this checkpoint (networks, optimizer, league, Elo)"""
+    """continue from this checkpoint: networks, optimizer, step count, curriculum, league, Elo, best"""
     log_interval: int = 200_000
     """learner steps between progress lines and `log` rows in metrics.csv"""
     n_workers: int = 0
@@ -165,19 +166,22 @@ class Args:
     """games against each panel member (every bot and the snapshot that beat it)"""
 
     def __post_init__(self):
-        for name, value in asdict(self).items():  # every count but these must be positive
-            if type(value) is int and value <= 0 and name not in ("seed", "eval_episodes", "n_workers"):
-                raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")
-        if self.eval_episodes < 0 or not 0 <= self.n_workers <= self.n_games or self.learning_rate <= 0:
-            raise ValueError("need --eval-episodes >= 0, 0 <= --n-workers <= --n-games, --learning-rate > 0")
-        if missing := [p for p in (self.eval_checkpoint, self.resume) if p and not os.path.isfile(p)]:
-            raise ValueError(f"checkpoint not found: {missing[0]}")
+        ranges = {name: (1, float("inf")) for name, value in asdict(self).items() if type(value) is int}
+        # Caps: workers load torch (more than 4 per core only contend); memory of games at once, of rollouts
+        ranges |= {"seed": (0, 2 ** 32 - 1), "learning_rate": (1e-7, 1), "eval_episodes": (0, 10 ** 5),
+                   "n_workers": (0, min(self.n_games, 4 * (os.cpu_count() or 1))), "n_games": (1, 10 ** 5),
+                   "panel_games": (1, 10 ** 4), "n_steps": (1, 2 ** 22 // max(self.n_games, 1)),
+                   "n_minibatches": (1, self.n_games * self.n_steps), **dict.fromkeys(("gamma", "gae_lambda",
+                   "clip_coef", "ent_coef", "curriculum_threshold", "bot_fraction"), (0, 1))}
+        for name, (low, high) in ranges.items():
+            if not low <= (value := getattr(self, name)) <= high:  # NaN fails too
+                raise ValueError(f"--{name.replace('_', '-')} must be in [{low}, {high}], got {value}")
 
 
-def worker(conn, n_games: int, seed: int) -> None:  # a process stepping a shard of the games
+def worker(conn, n_games: int, seed: int) -> None:  # a process stepping a shard of the games; it
+    # ignores Ctrl-C and SIGTERM (children_ignore_signals): the learner stops the workers
     env = PongDuel(n_games, seed)
-    # Ctrl-C reaches the whole process group, and a gone learner reads as EOF: the learner closes everything.
-    with contextlib.suppress(KeyboardInterrupt, EOFError, BrokenPipeError):
+    with contextlib.suppress(EOFError, BrokenPipeError):  # a gone learner reads as EOF
         conn.send(env.observe())
         while (actions := conn.recv()) is not None:
             conn.send(env.step(*actions))
@@ -192,7 +196,8 @@ class Collector:  # the games, in shards stepped by `n_workers` processes (by th
             parent, child = ctx.Pipe()
             self.procs.append(ctx.Process(target=worker, args=(child, sizes[w], seed * 1000 + w),
                                           daemon=True))
-            self.procs[-1].start()
+            with children_ignore_signals():  # a Ctrl-C to the group must spare a starting worker
+                self.procs[-1].start()
             child.close()  # only the worker holds its end now: a dead worker reads as EOF, not a hang
             self.pipes.append(parent)
 
@@ -273,7 +278,7 @@ class League:  # the opponents (bots, then snapshots of the learner), each game'
     def __init__(self, args: Args, device, state: dict):
         self.args, self.device, self.rng = args, device, np.random.default_rng(args.seed)
         self.names, self.fns = list(BOTS), list(BOTS.values())
-        self.window = deque(maxlen=args.curriculum_window)  # curriculum: wins against the current bot
+        self.window = deque(state.get("window", []), maxlen=args.curriculum_window)  # wins vs the current bot
         self.level, self.snapshots, self.panel = state.get("level", 0), {}, list(range(len(BOTS)))
         self.elo = state.get("elo", {name: 1000.0 for name in self.names + ["learner"]})
         for name, actor_state in state.get("snapshots", {}).items():
@@ -303,7 +308,7 @@ class League:  # the opponents (bots, then snapshots of the learner), each game'
             metrics.episode(step, diff, self.length[i], opponent=name, win=int(diff > 0),
                             elo=self.elo["learner"], level=self.level, **strongest)
             self.recent.append(diff)
-            self.window.extend([diff > 0] if k == self.level < len(BOTS) else [])
+            self.window.extend([bool(diff > 0)] if k == self.level < len(BOTS) else [])
             full = len(self.window) == self.window.maxlen
             if full and np.mean(self.window) >= self.args.curriculum_threshold:
                 print(f"step {step}: won {np.mean(self.window):.0%} of {len(self.window)} games vs {name}")
@@ -359,34 +364,36 @@ if __name__ == "__main__":
     seed_everything(args.seed)
     torch.set_num_threads(1)  # small MLPs: one thread for the learner, one per worker
     torch.distributions.Distribution.set_default_validate_args(False)  # argument checks cost time
-    device = pick_device(args.cuda)
+    device, batch_size = pick_device(args.cuda), args.n_games * args.n_steps
+    state = load_checkpoint(path, script, device) if (path := args.eval_checkpoint or args.resume) else {}
+    if path and path == args.resume and ("critic" not in state or  # best.pt holds the actor alone
+                                         state["args"]["n_games"] * state["args"]["n_steps"] != batch_size):
+        raise SystemExit(f"error: {path}: --resume needs a checkpoint.pt with this --n-games x --n-steps")
     run_dir = make_run_dir(args.runs_dir, "PongDuel", script, args.seed)
     print(f"run directory: {run_dir} | device: {device}", flush=True)
     actor, critic = mlp(N_ACTIONS, 0.01).to(device), mlp(1).to(device)
     if args.eval_checkpoint:
-        actor.load_state_dict(load_checkpoint(args.eval_checkpoint, script, device)["actor"])
+        actor.load_state_dict(state["actor"])
         evaluate(actor, max(args.eval_episodes, 1), args.seed, device, run_dir, film=True)
         raise SystemExit(0)
     optimizer = torch.optim.Adam([*actor.parameters(), *critic.parameters()], lr=args.learning_rate, eps=1e-5)
-    state = load_checkpoint(args.resume, script, device) if args.resume else {}
     if state:
         actor.load_state_dict(state["actor"]), critic.load_state_dict(state["critic"])
         optimizer.load_state_dict(state["optimizer"])
         print(f"resumed from {args.resume} at update {state['update']}, curriculum level {state['level']}")
-    league, batch_size = League(args, device, state), args.n_games * args.n_steps
-    start_update = state.get("update", 0)
+    league, update = League(args, device, state), state.get("update", 0)  # update: whole updates done
     n_updates = -(-args.total_steps // batch_size)  # whole rollouts
-    collector = Collector(args.n_games, args.n_workers, args.seed)
     metrics = MetricsWriter(run_dir, ("opponent", "win", "win_vs_strongest", "elo", "level", "pg_loss",
                                       "v_loss", "entropy", "panel_score"), state.get("time_s", 0.0))
-    progress = Progress(n_updates * batch_size, start_update * batch_size)
+    progress = Progress(n_updates * batch_size, update * batch_size)
     obs_buf = torch.zeros((args.n_steps, args.n_games, OBS_DIM), device=device)
-    act_buf, logp_buf, val_buf, rew_buf, done_buf = torch.zeros((5, args.n_steps, args.n_games),
-                                                                device=device)
-    best_score, best_actor, panel_score = -1.0, None, float("nan")
+    act_buf, logp_buf, val_buf, rew_buf, done_buf = torch.zeros(5, args.n_steps, args.n_games, device=device)
+    best_score, best_actor, panel_score = state.get("best_score", -1.0), state.get("best_actor"), float("nan")
+    stop, collector = StopRequest(), Collector(args.n_games, args.n_workers, args.seed)  # the handlers first
+    print("training: Ctrl-C or SIGTERM stops it and saves a checkpoint to resume from", flush=True)
     try:
         obs0, obs1 = collector.step()
-        for update in range(start_update, n_updates):
+        while update < n_updates and not stop:
             frac = 1 - update / n_updates  # learning rate and entropy bonus are annealed linearly to 0
             optimizer.param_groups[0]["lr"] = args.learning_rate * frac
             with torch.no_grad():
@@ -400,7 +407,11 @@ if __name__ == "__main__":
                     rew_buf[t], done_buf[t] = torch.as_tensor(reward), torch.as_tensor(done)
                     step = (update * args.n_steps + t + 1) * args.n_games
                     league.record(reward, done, step, actor, metrics)
+                    if stop:
+                        break
                 next_value = critic(torch.as_tensor(obs0, device=device))[:, 0]
+            if stop:  # Ctrl-C/SIGTERM: the rollout is dropped; the checkpoint holds the last whole update
+                break
             advantages, returns = gae(rew_buf, val_buf, done_buf, next_value, args.gamma, args.gae_lambda)
             batch = [buf.flatten(0, 1) for buf in (obs_buf, act_buf, logp_buf, advantages, returns)]
             losses = ppo_update(actor, critic, optimizer, batch, args, args.ent_coef * frac)
@@ -415,24 +426,25 @@ if __name__ == "__main__":
                     if args.save_model:
                         save_checkpoint(os.path.join(run_dir, "best.pt"),
                                         {"script": script, "actor": best_actor, "panel_score": panel_score})
-            last_update = update + 1 == n_updates
-            if last_update or step // args.log_interval > (step - batch_size) // args.log_interval:
+            update += 1
+            if update == n_updates or step // args.log_interval > (step - batch_size) // args.log_interval:
                 metrics.log(step, progress.steps_per_second(step), level=league.level,
                             panel_score=panel_score, elo=league.elo["learner"], **losses)
                 progress.print(step, league.recent)
-    except KeyboardInterrupt:
-        raise SystemExit("interrupted: workers stopped, nothing saved")
     finally:
         collector.close()
     metrics.close(y="elo")
+    if args.save_model or stop:
+        save_checkpoint(os.path.join(run_dir, "checkpoint.pt"), {  # all that --resume needs
+            "script": script, "actor": actor.state_dict(), "critic": critic.state_dict(), "update": update,
+            "optimizer": optimizer.state_dict(), "time_s": metrics.elapsed(), "level": league.level,
+            "window": list(league.window), "elo": league.elo, "snapshots": league.snapshots,
+            "best_actor": best_actor, "best_score": best_score, "args": asdict(args)})
+    if stop:
+        stop.exit(update * batch_size, os.path.join(run_dir, "checkpoint.pt"))
     ranking = sorted(league.elo.items(), key=lambda item: -item[1])  # the bots, the learner and the top 10
     print("Elo ratings:\n" + "\n".join(f"{rank + 1:4d} {name:>24} {rating:6.0f}" for rank, (name, rating)
                                         in enumerate(ranking) if rank < 10 or name in [*BOTS, "learner"]))
-    if args.save_model:
-        save_checkpoint(os.path.join(run_dir, "checkpoint.pt"), {
-            "script": script, "actor": actor.state_dict(), "critic": critic.state_dict(),
-            "optimizer": optimizer.state_dict(), "update": n_updates, "time_s": metrics.elapsed(),
-            "level": league.level, "elo": league.elo, "snapshots": league.snapshots, "args": asdict(args)})
     actor.load_state_dict(best_actor or actor.state_dict())  # the best model, once self-play judged one
     if args.eval_episodes > 0:
         evaluate(actor, args.eval_episodes, args.seed, device, run_dir, film=args.capture_video)

@@ -65,22 +65,15 @@ def children_ignore_signals():
     """Start child processes inside this block: they ignore Ctrl-C and SIGTERM from birth.
 
     A terminal's Ctrl-C goes to every process of the group. A spawned child that is still importing
-    torch would die of it (exit 1) before it could ignore SIGINT itself, and the run would then
-    report a dead worker instead of stopping cleanly. Ignored signals survive fork and exec, so the
-    children start ignoring them; the main process blocks them meanwhile, and any that arrived are
-    delivered to its handlers when the block ends. Children stop when the main process tells them.
+    torch would die of it (exit 1, a traceback) before it could ignore SIGINT itself, and the run
+    would report a dead worker instead of stopping cleanly. An ignored signal stays ignored through
+    fork and exec (a handler or a blocked mask does not survive multiprocessing's spawn), so the
+    signals are ignored while the children start, for the milliseconds that `start()` takes; a
+    signal that arrives in that window is lost. The main process tells the children when to stop.
     """
-    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     handlers = {signum: signal.signal(signum, signal.SIG_IGN) for signum in STOP_SIGNALS}
     try:
         yield
     finally:
         for signum, handler in handlers.items():
             signal.signal(signum, handler)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
-
-
-def unblock_ignored_signals() -> None:
-    """In a child started by `children_ignore_signals`: drop the inherited block (the signals stay
-    ignored), so that a signal sent to the child does not sit pending forever."""
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)

@@ -1,4 +1,5 @@
 """common/: checkpoints, videos, metrics and the one-line argument errors."""
+import multiprocessing
 import os
 import signal
 import warnings
@@ -11,7 +12,7 @@ import torch
 
 from common.checkpoint import load_checkpoint, save_checkpoint
 from common.metrics import MetricsWriter, read_episodes
-from common.stopping import StopRequest, resume_command
+from common.stopping import StopRequest, children_ignore_signals, resume_command
 from common.utils import make_run_dir, parse_args
 from common.video import VideoWriter
 
@@ -181,3 +182,22 @@ def test_resume_command_replaces_any_resume():
     assert resume_command(argv, "runs/a b/checkpoint.pt") == (
         "python mario_ddqn.py --total-steps 2000000 --seed 2 --resume 'runs/a b/checkpoint.pt'")
     assert resume_command(["s.py", "--resume=old.pt"], "c.pt") == "python s.py --resume c.pt"
+
+
+def report_sigint_handler(queue):
+    queue.put(signal.getsignal(signal.SIGINT) == signal.SIG_IGN)
+
+
+def test_children_are_born_ignoring_stop_signals():
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with children_ignore_signals():
+            child = ctx.Process(target=report_sigint_handler, args=(queue,))
+            child.start()
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored at once
+        assert queue.get(timeout=60) is True
+        child.join(10)
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -1,17 +1,15 @@
-"""pong_a3c.py: pieces of the algorithm, a smoke run and resume, clean shutdown, a dead worker."""
+"""pong_a3c.py: pieces of the algorithm, a smoke run and resume, stops by signal, a dead worker."""
 import csv
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
 import torch
 
 import pong_a3c as m
-from conftest import REPO, run_dirs
+from conftest import alive, descendants, run_dirs, start_script, stop_with_signal, wait_for
 
 
 def test_nstep_returns_bootstrap_and_episode_cut():
@@ -67,77 +65,45 @@ def test_smoke_and_resume(run_script, tmp_path):
     assert steps and min(steps) > 2000, steps  # the global step count went on
 
 
-def start(tmp_path, *args):
-    """Popen the script with stdout/stderr in files (no pipe to block on); returns (proc, out, err)."""
-    out, err = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
-    env = {**os.environ, "SDL_VIDEODRIVER": "dummy", "SDL_AUDIODRIVER": "dummy"}
-    proc = subprocess.Popen([sys.executable, os.path.join(REPO, "pong_a3c.py"), "--runs-dir",
-                             str(tmp_path / "runs"), "--total-steps", "10000000", *args],
-                            cwd=tmp_path, env=env, stdout=open(out, "w"), stderr=open(err, "w"))
-    return proc, out, err
-
-
-def wait_for(path, pattern, proc, timeout=90.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = re.findall(pattern, path.read_text())
-        if found:
-            return found
-        assert proc.poll() is None, f"exited early with {proc.returncode}: {path.read_text()[-2000:]}"
-        time.sleep(0.2)
-    proc.kill()
-    raise AssertionError(f"{pattern!r} not seen in {timeout} s: {path.read_text()[-2000:]}")
-
-
-def descendants(pid):
-    """Pids of all live descendants of `pid` (from /proc)."""
-    parents = {}
-    for entry in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            parents[int(entry)] = int(fields[1])
-        except (ValueError, OSError, IndexError):
-            continue
-    found, frontier = set(), {pid}
-    while frontier:
-        frontier = {child for child, parent in parents.items() if parent in frontier} - found
-        found |= frontier
-    return found
-
-
-def alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def test_sigint_checkpoints_and_leaves_no_child(tmp_path):
-    proc, out, err = start(tmp_path, "--n-workers", "2", "--log-interval", "500",
-                         "--eval-interval", "1000")
-    wait_for(out, r"evaluator pid \d+", proc)
-    wait_for(out, r"step +\d+/", proc)  # training is under way
-    children = descendants(proc.pid)
-    assert len(children) >= 3  # 2 workers, the evaluator (and multiprocessing's resource tracker)
-    sent = time.monotonic()
-    proc.send_signal(signal.SIGINT)
-    proc.wait(timeout=10)
-    while any(alive(pid) for pid in children) and time.monotonic() < sent + 10:
-        time.sleep(0.1)
-    assert time.monotonic() - sent < 10
-    assert proc.returncode == 130, err.read_text()[-3000:]
-    assert not [pid for pid in children if alive(pid)]
+def resume_goes_on(run_script, tmp_path, state, more_steps: int) -> None:
+    """--resume from the checkpoint of the (only) run so far: the step count goes on from there."""
     (run_dir,) = run_dirs(tmp_path)
-    state = torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=True)
-    assert state["global_step"] >= 500
-    assert "interrupted at step" in out.read_text()
+    result = run_script("pong_a3c.py", "--resume", os.path.join(run_dir, "checkpoint.pt"), "--total-steps",
+                        str(state["global_step"] + more_steps), "--n-workers", "1", "--eval-episodes", "0",
+                        "--log-interval", "100", timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    resumed = [d for d in run_dirs(tmp_path) if d != run_dir][0]
+    steps = read_log_steps(resumed)
+    assert steps and min(steps) > state["global_step"], steps
+    final = torch.load(os.path.join(resumed, "checkpoint.pt"), weights_only=True)
+    assert final["global_step"] >= state["global_step"] + more_steps
+
+
+def test_sigterm_saves_a_checkpoint_that_resumes(run_script, tmp_path):
+    """SIGTERM mid-training, without --save-model: the workers and the evaluator stop, the checkpoint
+    is written all the same, exit 143."""
+    state, _ = stop_with_signal(tmp_path, "pong_a3c.py", [
+        "--total-steps", "10000000", "--n-workers", "2", "--log-interval", "500", "--eval-interval", "1000",
+        "--no-save-model"], signal.SIGTERM)
+    assert state["global_step"] >= 500 and state["optimizer"]["state"][0]["step"] > 0
+    resume_goes_on(run_script, tmp_path, state, 300)
+
+
+def test_ctrl_c_to_the_group_while_children_start(run_script, tmp_path):
+    """A terminal's Ctrl-C reaches every process of the group. Sent while the children are still
+    importing torch, it used to kill them with a KeyboardInterrupt (exit 1); now they ignore it from
+    birth and the main process stops them: exit 130, a checkpoint, no traceback."""
+    state, _ = stop_with_signal(tmp_path, "pong_a3c.py", [
+        "--total-steps", "10000000", "--n-workers", "2", "--log-interval", "500", "--eval-interval", "1000"],
+        signal.SIGINT, ready=r"training: Ctrl-C", to_group=True)
+    stderr = (tmp_path / "stderr.txt").read_text()
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-3000:]
+    resume_goes_on(run_script, tmp_path, state, 300)
 
 
 def test_dead_worker_is_reported_and_run_exits_nonzero(tmp_path):
-    proc, out, err = start(tmp_path, "--n-workers", "2", "--log-interval", "500",
-                           "--eval-interval", "0")
+    proc, out, err = start_script(tmp_path, "pong_a3c.py", "--total-steps", "10000000", "--n-workers", "2",
+                                  "--log-interval", "500", "--eval-interval", "0")
     (victim,) = wait_for(out, r"worker 1 pid (\d+)", proc)
     wait_for(out, r"step +\d+/", proc)
     children = descendants(proc.pid)

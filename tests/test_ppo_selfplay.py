@@ -1,18 +1,17 @@
 """ppo_selfplay.py: the Pong duel (mirroring, scoring, determinism), the PPO pieces, a short learning
-run, and Ctrl-C leaving no worker process behind."""
+run, and stops by signal that save the whole run and leave no worker behind."""
+import csv
 import json
 import os
+import re
 import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
 import torch
 
 import ppo_selfplay as m
-from conftest import REPO, run_dirs
+from conftest import run_dirs, stop_with_signal
 
 
 def random_state(env: m.PongDuel, rng) -> None:
@@ -168,43 +167,60 @@ def test_self_play_best_model_resume_and_eval_checkpoint(run_script, tmp_path):
         assert set(json.load(f)["win_draw_loss_diff"]) == set(m.BOTS)
 
 
-def alive(pid: int) -> bool:
-    """True while `pid` exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
+FAST = ["--n-games", "64", "--n-steps", "32", "--curriculum-threshold", "0", "--curriculum-window", "1",
+        "--snapshot-interval", "2", "--panel-games", "2", "--log-interval", "2048"]  # 2048 steps an update
+BATCH = 64 * 32
+LONG_RUN = ["--total-steps", "100000000", "--n-workers", "2", *FAST]
 
 
-@pytest.mark.parametrize("target", ["learner", "process_group"])
-def test_ctrl_c_leaves_no_worker(tmp_path, target):
-    """SIGINT to the learner alone, or to the whole process group as a terminal's Ctrl-C does."""
-    command = [sys.executable, os.path.join(REPO, "ppo_selfplay.py"), "--runs-dir", str(tmp_path),
-               "--n-workers", "2", "--total-steps", "100000000", "--log-interval", "16384"]
-    # A shell starts background jobs with SIGINT ignored, and Python keeps it so: restore the default,
-    # as in an interactive terminal, so that this test means the same wherever pytest runs.
-    proc = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    try:
-        pids = None
-        for line in proc.stdout:  # training has started once the first progress line is printed
-            if line.startswith("step"):
-                break
-        with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as f:  # the worker processes
-            pids = [int(p) for p in f.read().split()]
-        assert len(pids) >= 2  # the two workers (and a spawn resource tracker)
-        assert pids and all(alive(pid) for pid in pids)
-        if target == "learner":
-            proc.send_signal(signal.SIGINT)
-        else:
-            os.killpg(proc.pid, signal.SIGINT)
-        _, stderr = proc.communicate(timeout=30)
-        assert proc.returncode != 0 and "interrupted" in stderr, stderr[-2000:]
-        deadline = time.time() + 5
-        while any(alive(pid) for pid in pids) and time.time() < deadline:
-            time.sleep(0.1)
-        assert not any(alive(pid) for pid in pids)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+def resume(run_script, tmp_path, state, more_updates: int, *args: str):
+    """--resume the (only) run so far for `more_updates` updates: (result, run directory, metrics rows)."""
+    (run_dir,) = run_dirs(tmp_path)
+    total = str((state["update"] + more_updates) * BATCH)
+    result = run_script("ppo_selfplay.py", "--resume", os.path.join(run_dir, "checkpoint.pt"),
+                        "--total-steps", total, "--eval-episodes", "0", *FAST, *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    resumed = [d for d in run_dirs(tmp_path) if d != run_dir][0]
+    with open(os.path.join(resumed, "metrics.csv")) as f:
+        return result, resumed, list(csv.DictReader(f))
+
+
+def test_sigterm_saves_the_whole_run_and_resume_goes_on(run_script, tmp_path):
+    """SIGTERM once self-play has judged a best model, without --save-model: the checkpoint holds the
+    step count, the curriculum level, the league, the Elo table and the best model, and --resume
+    continues from all of them."""
+    state, text = stop_with_signal(tmp_path, "ppo_selfplay.py", LONG_RUN, signal.SIGTERM,
+                                   ready="new best model")
+    update, n_bots = state["update"], len(m.BOTS)
+    assert f"stopped by SIGTERM at step {update * BATCH}" in text
+    assert state["level"] == n_bots and state["best_actor"] is not None and state["best_score"] >= 0
+    assert {f"beat_{bot}" for bot in m.BOTS} < set(state["snapshots"]) <= set(state["elo"])
+    # Six updates: 192 steps of new games, enough for the first ones to end (5 points, ~130 steps).
+    result, resumed, rows = resume(run_script, tmp_path, state, 6, "--save-model")
+    assert f"at update {update}, curriculum level {n_bots}" in result.stdout
+    logged = [int(r["global_step"]) for r in rows if r["kind"] == "log"]
+    assert logged == [(update + k) * BATCH for k in range(1, 7)]
+    first = next(r for r in rows if r["kind"] == "episode")  # one game: the rating moves by K = 16 at most
+    assert int(first["level"]) == n_bots and abs(float(first["elo"]) - state["elo"]["learner"]) <= 16
+    final = torch.load(os.path.join(resumed, "checkpoint.pt"), weights_only=True)
+    assert final["update"] == update + 6 and final["level"] == n_bots
+    assert final["best_score"] >= state["best_score"] and set(state["elo"]) <= set(final["elo"])
+    for name, weights in state["snapshots"].items():  # the pool came back as it was saved
+        assert all(torch.equal(weights[key], final["snapshots"][name][key]) for key in weights)
+    announced = re.findall(r"new best model, panel score ([\d.]+)", result.stdout)
+    assert all(float(score) > state["best_score"] for score in announced)  # the saved best is the bar
+    if final["best_score"] == state["best_score"]:
+        best = state["best_actor"]
+        assert all(torch.equal(best[key], final["best_actor"][key]) for key in best)
+
+
+def test_ctrl_c_to_the_group_while_workers_start(run_script, tmp_path):
+    """A terminal's Ctrl-C reaches the workers too. Sent while they are still importing torch, it used
+    to kill them; now they ignore it from birth and the learner stops them: exit 130, a checkpoint."""
+    state, _ = stop_with_signal(tmp_path, "ppo_selfplay.py", LONG_RUN, signal.SIGINT,
+                                ready="training: Ctrl-C", to_group=True)
+    stderr = (tmp_path / "stderr.txt").read_text()
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-3000:]
+    _, _, rows = resume(run_script, tmp_path, state, 2)  # the step count goes on from the stop
+    assert [int(r["global_step"]) for r in rows if r["kind"] == "log"] == [
+        (state["update"] + 1) * BATCH, (state["update"] + 2) * BATCH]
