@@ -21,6 +21,8 @@ from common.utils import parse_args  # noqa: E402
 class Args:
     runs: tuple[str, ...]
     """run directories (each holds a metrics.csv)"""
+    labels: tuple[str, ...] = ()
+    """legend labels, one per run (default: the run directories' names)"""
     columns: tuple[str, ...] = ("episode_return",)
     """metrics.csv columns, one panel each"""
     out: str = "metrics.png"
@@ -34,6 +36,8 @@ class Args:
         for run in self.runs:
             if not os.path.isfile(os.path.join(run, "metrics.csv")):
                 raise ValueError(f"no metrics.csv in {run}")
+        if self.labels and len(self.labels) != len(self.runs):
+            raise ValueError("--labels needs one label per run")
 
 
 def series(csv_path: str, column: str, window: int):
@@ -57,9 +61,10 @@ if __name__ == "__main__":
     fig, axes = plt.subplots(len(args.columns), 1, figsize=(8, 2.2 * len(args.columns)), sharex=True,
                              squeeze=False)
     for ax, column in zip(axes[:, 0], args.columns):
-        for run in args.runs:
+        for run, label in zip(args.runs, args.labels or [os.path.basename(os.path.normpath(r))
+                                                          for r in args.runs]):
             steps, values = series(os.path.join(run, "metrics.csv"), column, args.window)
-            ax.plot(steps, values, label=os.path.basename(os.path.normpath(run)), lw=1)
+            ax.plot(steps, values, label=label, lw=1)
         ax.set_ylabel(column)
         if column in args.log_y:
             ax.set_yscale("log")
