@@ -309,7 +309,7 @@ if __name__ == "__main__":
         flat_obs = b_obs.reshape(T * N, obs_dim)
         recent_updates.append(update(model, optimizer, flat_obs, b_actions.reshape(-1),
                                      returns.reshape(-1), args))
-        if args.target_kl > 0:
+        if args.target_kl > 0:  # the KL brake: a step that moved π too far slows the next ones
             if recent_updates[-1]["kl"] > 2 * args.target_kl:
                 kl_brake /= 1.5
             elif recent_updates[-1]["kl"] < args.target_kl / 2:
