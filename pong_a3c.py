@@ -341,9 +341,11 @@ if __name__ == "__main__":
         raise SystemExit(f"error: {dead.name} (pid {dead.pid}) died with exit code {dead.exitcode}; "
                          f"stopped at step {sum(steps)}, checkpoint in {run_dir}")
     if args.eval_episodes > 0 and not stop:
-        video_path = os.path.join(run_dir, "videos", "eval.mp4") if args.capture_video else None
-        returns = evaluate(global_model, args, args.eval_episodes, args.seed + 1, video_path, stop)
+        returns = evaluate(global_model, args, args.eval_episodes, args.seed + 1,
+                           os.path.join(run_dir, "videos", "eval.mp4") if args.capture_video else None, stop)
         if not stop:  # a Ctrl-C/SIGTERM during the final evaluation cuts it short: no report
             report_evaluation(returns, run_dir)
-    if stop:  # the checkpoint is missing only after a stop in the final evaluation with --no-save-model
-        stop.exit(sum(steps), checkpoint_path if os.path.exists(checkpoint_path) else None)
+    if stop:
+        if not os.path.exists(checkpoint_path):  # stopped in the final evaluation, --no-save-model
+            write_checkpoint(run_dir, script, global_model, optimizer, sum(steps), metrics, args)
+        stop.exit(sum(steps), checkpoint_path)

@@ -1,34 +1,10 @@
 """Checkpoints: state dicts and plain data, written atomically, loaded with weights_only=True."""
-import contextlib
 import os
-import signal
 import tempfile
-import threading
 
 import torch
 
-
-@contextlib.contextmanager
-def signals_held():
-    """Hold Ctrl-C and SIGTERM until the block is done, then deliver the first one received.
-
-    A KeyboardInterrupt raised inside torch.save leaves its zip writer half-done, and the writer's
-    cleanup then raises a RuntimeError in its place: the script would crash instead of stopping
-    cleanly. Only the main thread can set signal handlers; elsewhere nothing is held.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received = []
-    previous = {signum: signal.signal(signum, lambda signum, frame: received.append(signum))
-                for signum in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
-        if received:
-            signal.raise_signal(received[0])
+from common.stopping import signals_held
 
 
 def save_checkpoint(path: str, state: dict) -> None:
@@ -56,12 +32,9 @@ def save_checkpoint(path: str, state: dict) -> None:
             os.replace(tmp_path, path)
         except BaseException as e:
             os.unlink(tmp_path)
-            # torch's zip writer reports a failed write (ENOSPC, EFBIG) as a RuntimeError
-            message = str(e).splitlines()[0] if str(e) else type(e).__name__
-            if isinstance(e, OSError) or (isinstance(e, RuntimeError) and any(
-                    s in message for s in ("unexpected pos", "file write failed", "PytorchStreamWriter"))):
-                reason = (e.strerror if isinstance(e, OSError) and e.strerror
-                          else f"write failed, is the disk full? torch: {message}")
+            # torch's zip writer reports a failed write (ENOSPC, EFBIG) as "unexpected pos"
+            if isinstance(e, OSError) or (isinstance(e, RuntimeError) and "unexpected pos" in str(e)):
+                reason = e.strerror if isinstance(e, OSError) else "write failed, is the disk full?"
                 raise SystemExit(f"error: cannot write checkpoint {path} ({reason}); the previous "
                                  "checkpoint, if any, is kept") from None
             raise

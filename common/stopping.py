@@ -1,22 +1,14 @@
-"""Clean stopping: Ctrl-C and SIGTERM ask the training loop to stop; it saves, then exits 130/143.
-
-    stop = StopRequest()                    # before the loop; child processes start inside
-    while step < total and not stop:        #   `with children_ignore_signals():`
-        ...                                 # the step in progress always completes
-    save_checkpoint(...)                    # always, when stopped
-    stop.exit(step, checkpoint_path)        # prints how to resume, exits 128 + signal number
-
-A flag checked between steps, instead of a KeyboardInterrupt raised wherever the main thread
-happens to be, makes the outcome the same wherever the signal lands. The handlers are installed
-even when the script was started with SIGINT ignored (`nohup`, `&` in a non-interactive shell).
-A second signal exits at once with the same code: checkpoints are written atomically, so the last
-one survives.
-"""
+"""Clean stopping: Ctrl-C and SIGTERM set a flag the training loop checks between steps; the script
+then saves a checkpoint and exits 130/143. A flag, not a KeyboardInterrupt raised wherever the main
+thread happens to be, makes the outcome the same wherever the signal lands. The handlers are set
+even when the script was started with SIGINT ignored (`nohup`, `&`); a second signal exits at once
+(checkpoints are written atomically, so the last one survives)."""
 import contextlib
 import os
 import shlex
 import signal
 import sys
+import threading
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -41,12 +33,10 @@ class StopRequest:
     def exit_code(self) -> int:
         return 128 + self.signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
 
-    def exit(self, step: int, checkpoint_path: str | None) -> None:
+    def exit(self, step: int, checkpoint_path: str) -> None:
         """Print where the run stopped and how to continue it, then exit with `exit_code`."""
-        where = f"; checkpoint {checkpoint_path}" if checkpoint_path else ""
-        print(f"stopped by {signal.Signals(self.signum).name} at step {step}{where}", flush=True)
-        if checkpoint_path:
-            print(f"continue with: {resume_command(sys.argv, checkpoint_path)}", flush=True)
+        print(f"stopped by {signal.Signals(self.signum).name} at step {step}; checkpoint "
+              f"{checkpoint_path}\ncontinue with: {resume_command(sys.argv, checkpoint_path)}", flush=True)
         raise SystemExit(self.exit_code)
 
 
@@ -61,19 +51,33 @@ def resume_command(argv: list[str], checkpoint_path: str) -> str:
 
 
 @contextlib.contextmanager
-def children_ignore_signals():
-    """Start child processes inside this block: they ignore Ctrl-C and SIGTERM from birth.
-
-    A terminal's Ctrl-C goes to every process of the group. A spawned child that is still importing
-    torch would die of it (exit 1, a traceback) before it could ignore SIGINT itself, and the run
-    would report a dead worker instead of stopping cleanly. An ignored signal stays ignored through
-    fork and exec (a handler or a blocked mask does not survive multiprocessing's spawn), so the
-    signals are ignored while the children start, for the milliseconds that `start()` takes; a
-    signal that arrives in that window is lost. The main process tells the children when to stop.
-    """
-    handlers = {signum: signal.signal(signum, signal.SIG_IGN) for signum in STOP_SIGNALS}
+def _stop_signals_handled_by(handler):
+    previous = {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS}
     try:
         yield
     finally:
-        for signum, handler in handlers.items():
-            signal.signal(signum, handler)
+        for signum, old in previous.items():
+            signal.signal(signum, signal.SIG_DFL if old is None else old)
+
+
+def children_ignore_signals():
+    """Start child processes inside this block: they ignore Ctrl-C and SIGTERM from birth, so a
+    terminal's Ctrl-C (sent to the whole group) cannot kill one still importing torch. Only an
+    ignored disposition survives multiprocessing's spawn (a handler or a blocked mask does not); a
+    signal in the milliseconds `start()` takes is lost. The main process tells children to stop."""
+    return _stop_signals_handled_by(signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def signals_held():
+    """Hold Ctrl-C and SIGTERM until the block is done, then deliver the first one received: a
+    KeyboardInterrupt inside torch.save would leave its zip writer half-done (a RuntimeError in its
+    place). Only the main thread can set signal handlers; elsewhere nothing is held."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+    with _stop_signals_handled_by(lambda signum, frame: received.append(signum)):
+        yield
+    if received:
+        signal.raise_signal(received[0])
