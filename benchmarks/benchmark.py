@@ -40,6 +40,8 @@ class Args:
     """extra arguments passed to every run, e.g. "--total-steps 500000\""""
     out: str | None = None
     """also write the per-seed rows and medians to this JSON file"""
+    keep_runs: str | None = None
+    """keep the run directories under this folder (default: a temporary folder, deleted at the end)"""
 
     def __post_init__(self):
         if not os.path.isfile(self.script) or self.window <= 0 or not self.seeds:
@@ -87,7 +89,7 @@ if __name__ == "__main__":
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
-            rows.append(run_seed(args, seed, os.path.join(tmp, str(seed))))
+            rows.append(run_seed(args, seed, os.path.join(args.keep_runs or tmp, str(seed))))
     medians = {k: median([r[k] for r in rows]) for k in rows[0] if k != "seed"}
     print(f"\n{args.script} {args.script_args}: mean of last {args.window} {args.metric} "
           f">= {args.threshold}")

@@ -1,9 +1,10 @@
-"""cartpole_dqn.py: replay buffer, TD target, epsilon schedule, checkpoints and learning."""
+"""cartpole_dqn.py: replay buffer, n-step transitions, TD target, epsilon schedule, checkpoints, learning."""
 import csv
 import json
 import os
 import resource
 import signal
+from collections import deque
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ from conftest import run_dirs, stop_with_signal
 def test_replay_buffer_wraps_around():
     buffer = dqn.ReplayBuffer(capacity=5, obs_shape=(2,), seed=0)
     for i in range(7):
-        buffer.add(np.full(2, i), i % 2, float(i), np.full(2, i + 1), i == 6)
+        buffer.add(np.full(2, i), i % 2, float(i), np.full(2, i + 1), i == 6, 0.99)
     assert buffer.size == 5 and buffer.pos == 2
     # slots 0 and 1 were overwritten by transitions 5 and 6; slots 2-4 still hold 2-4
     assert list(buffer.rewards) == [5, 6, 2, 3, 4]
@@ -28,22 +29,41 @@ def test_replay_buffer_wraps_around():
 def test_replay_buffer_samples_only_stored_transitions():
     buffer = dqn.ReplayBuffer(capacity=100, obs_shape=(3,), seed=0)
     for i in range(10):
-        buffer.add(np.full(3, i), 1, float(i), np.full(3, i + 1), False)
-    obs, actions, rewards, next_obs, terminated = buffer.sample(1000, "cpu")
+        buffer.add(np.full(3, i), 1, float(i), np.full(3, i + 1), False, 0.9 ** (i % 3 + 1))
+    obs, actions, rewards, next_obs, terminated, discount = buffer.sample(1000, "cpu")
     assert obs.shape == (1000, 3) and obs.dtype == torch.float32 and actions.dtype == torch.int64
     assert set(rewards.tolist()) == set(range(10))  # every stored one, nothing from empty slots
     assert torch.equal(next_obs[:, 0], obs[:, 0] + 1) and torch.equal(rewards, obs[:, 0])
+    torch.testing.assert_close(discount, 0.9 ** (obs[:, 0] % 3 + 1))
 
 
-def test_td_target_bootstraps_on_truncation_not_on_termination():
-    target_net = dqn.QNetwork(4, 2, 8)
-    next_obs = torch.randn(2, 4)
-    max_next_q = target_net(next_obs).max(dim=1).values.detach()
-    rewards = torch.tensor([1.0, 1.0])
-    # row 0: truncated by the time limit (terminated=0), row 1: the pole fell (terminated=1)
-    y = dqn.td_target(target_net, rewards, next_obs, torch.tensor([0.0, 1.0]), gamma=0.9)
-    assert torch.allclose(y[0], 1.0 + 0.9 * max_next_q[0])
-    assert y[1] == 1.0
+def test_nstep_transitions_sum_n_rewards_and_flush_at_the_episode_end():
+    window, gamma = deque(), 0.5
+    stored = []
+    for t in range(5):  # rewards 1, 2, 4, 8, 16; the episode ends at t = 4
+        window.append((t, 0, float(2**t)))
+        done = t == 4
+        stored += list(dqn.nstep_transitions(window, t + 1, done, done, 3, gamma))
+    assert [(s[0], s[3]) for s in stored] == [(0, 3), (1, 4), (2, 5), (3, 5), (4, 5)]  # (s_t, s_t+m)
+    assert [s[2] for s in stored] == [1 + 1 + 1, 2 + 2 + 2, 4 + 4 + 4, 8 + 8, 16]  # Σ γ^k r_t+k
+    assert [s[5] for s in stored] == [0.125, 0.125, 0.125, 0.25, 0.5]  # γ^m
+    assert [s[4] for s in stored] == [False, False, True, True, True] and not window
+
+
+def test_double_dqn_target_bootstraps_on_truncation_not_on_termination():
+    torch.manual_seed(0)
+    q_net, target_net = dqn.QNetwork(4, 2, 8), dqn.QNetwork(4, 2, 8)
+    next_obs = torch.randn(64, 4)
+    with torch.no_grad():
+        chosen = q_net(next_obs).argmax(dim=1)  # the online network picks a'
+        scored = target_net(next_obs)[torch.arange(64), chosen]  # the target network scores it
+    assert (chosen != target_net(next_obs).argmax(dim=1)).any()  # the two nets disagree somewhere
+    returns, discount = torch.full((64,), 2.0), torch.full((64,), 0.9**3)
+    terminated = torch.zeros(64)
+    terminated[1::2] = 1.0  # odd rows: the pole fell; even rows: truncated or going on
+    y = dqn.td_target(q_net, target_net, returns, next_obs, terminated, discount)
+    torch.testing.assert_close(y[0::2], 2.0 + 0.9**3 * scored[0::2])
+    assert torch.equal(y[1::2], returns[1::2])
 
 
 def test_epsilon_schedule():
@@ -55,12 +75,17 @@ def test_epsilon_schedule():
 
 def test_checkpoint_resume_and_eval_checkpoint(run_script, tmp_path):
     trained = run_script("cartpole_dqn.py", "--total-steps", "1500", "--save-model",
-                         "--eval-episodes", "0")
+                         "--eval-episodes", "0", "--select-interval", "500")
     assert trained.returncode == 0, trained.stderr
     (run_dir,) = run_dirs(tmp_path)
     checkpoint = os.path.join(run_dir, "checkpoint.pt")
     state = torch.load(checkpoint, weights_only=True)
     assert state["global_step"] == 1500 and "optimizer" in state
+    with open(os.path.join(run_dir, "metrics.csv")) as f:  # validation rounds at 500, 1000, 1500
+        rounds = [(int(r["global_step"]), float(r["val_return"])) for r in csv.DictReader(f) if r["val_return"]]
+    assert [step for step, _ in rounds] == [500, 1000, 1500]
+    best = max(v for _, v in rounds)  # the kept network is the latest of the best on validation
+    assert state["kept_return"] == best and state["kept_step"] == max(s for s, v in rounds if v == best)
 
     resumed = run_script("cartpole_dqn.py", "--total-steps", "2500", "--resume", checkpoint,
                          "--save-model", "--eval-episodes", "0", "--log-interval", "500")
@@ -72,7 +97,8 @@ def test_checkpoint_resume_and_eval_checkpoint(run_script, tmp_path):
     evaluated = run_script("cartpole_dqn.py", "--eval-checkpoint", checkpoint, "--eval-episodes", "2")
     assert evaluated.returncode == 0, evaluated.stderr
     eval_run = sorted(set(run_dirs(tmp_path)) - {run_dir, new_run})[0]
-    assert json.load(open(os.path.join(eval_run, "eval.json")))["episodes"] == 2
+    result = json.load(open(os.path.join(eval_run, "eval.json")))
+    assert result["episodes"] == 2 and result["kept_step"] == state["kept_step"]
     assert os.path.getsize(os.path.join(eval_run, "videos", "eval.mp4")) > 0
     assert not os.path.exists(os.path.join(eval_run, "metrics.csv"))  # no training happened
 
