@@ -82,8 +82,9 @@ class Args:
 
     def __post_init__(self):
         check_env_id(self.env_id)
-        for name in ("total_steps", "buffer_size", "batch_size", "target_update_interval", "train_frequency", "n_step",
-                     "log_interval", "hidden_size", "exploration_steps", "select_interval", "select_episodes"):
+        for name in ("total_steps", "buffer_size", "batch_size", "target_update_interval",
+                     "train_frequency", "n_step", "log_interval", "hidden_size", "exploration_steps",
+                     "select_interval", "select_episodes"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if self.eval_episodes < 0 or self.learning_rate <= 0 or not 0 <= self.gamma <= 1:
@@ -210,9 +211,9 @@ if __name__ == "__main__":
 
     if args.eval_checkpoint:
         state = load_checkpoint(args.eval_checkpoint, script, device)
-        q_net.load_state_dict(state["kept_q_net"])
+        q_net.load_state_dict(state.get("kept_q_net", state["q_net"]))  # older checkpoints: the last net
         args.eval_episodes = max(args.eval_episodes, 1)
-        final_evaluation(q_net, args, device, run_dir, state["kept_step"],
+        final_evaluation(q_net, args, device, run_dir, state.get("kept_step", state["global_step"]),
                          os.path.join(run_dir, "videos", "eval.mp4"))
         raise SystemExit(0)
 
