@@ -1,12 +1,10 @@
 """PPO self-play on a two-player Pong duel: parallel workers, a curriculum of scripted bots, an Elo-rated
-pool of past snapshots, and only the best model (against a fixed panel) kept.
+pool of past snapshots; the best model against validation bots is kept and scored against held-out ones.
 
-    python ppo_selfplay.py --save-model            # train, then play every bot
+    python ppo_selfplay.py --save-model            # train, then play the named and the held-out bots
     python ppo_selfplay.py --eval-checkpoint runs/<run>/best.pt --eval-episodes 100
 """
-import contextlib
 import copy
-import multiprocessing as mp
 import os
 from collections import deque
 from dataclasses import asdict, dataclass
@@ -18,7 +16,8 @@ from torch.distributions import Categorical
 
 from common.checkpoint import load_checkpoint, save_checkpoint
 from common.metrics import MetricsWriter, write_evaluation
-from common.stopping import StopRequest, children_ignore_signals
+from common.parallel import ShardedEnv
+from common.stopping import StopRequest
 from common.utils import Progress, make_run_dir, parse_args, pick_device, seed_everything
 from common.video import VideoWriter
 
@@ -97,17 +96,40 @@ def _toward(target, paddle, dead_zone=2 * PADDLE_SPEED):  # up (0), down (2) or 
     return np.where(target < paddle - dead_zone, 0, np.where(target > paddle + dead_zone, 2, 1))  # no jitter
 
 
-def predictor(obs, aim: float = 0.7):
-    """Meets the ball where it will arrive, off-centre to angle it away from the opponent; else centres."""
-    target = obs[:, 7] + aim * 2 * PADDLE_HALF * np.sign(obs[:, 5])  # paddle past the ball: ball angled away
-    return _toward(np.where(obs[:, 2] < 0, target, 0), obs[:, 4])
+def scripted(aim=0.7, react=1.0, shadow=0.0, noise=0.0, lazy=0.0):
+    """Meets the ball where it arrives, `aim` paddle half-lengths off-centre (> 0: to angle it away from the opponent)
+    and off by up to `noise` (one error per flight), once it comes at it nearer than `react` tables; until then
+    goes to `shadow` x the ball's height (0: the centre). It stays put in a share `lazy` of the steps."""
+    def act(obs):
+        x, y, vx, vy, own, other, _, arrival, _ = obs.T
+        error = noise * np.sin(1e3 * np.abs(vx) + 1e2 * np.abs(vy))  # a pseudo-random draw per flight
+        target = arrival + error + aim * 2 * PADDLE_HALF * np.sign(other)
+        action = _toward(np.where((vx < 0) & ((x + 1) / 2 <= react), target, shadow * y), own)
+        return np.where(np.random.random(len(obs)) < lazy, 1, action) if lazy else action
+    return act
 
 
 # Scripted opponents: functions from a batch of observations to a batch of actions, easiest first. Add yours.
 BOTS = {"random": lambda obs: np.random.randint(0, N_ACTIONS, len(obs)),
         "slow_tracker": lambda obs: np.where(np.random.random(len(obs)) < 0.5, BOTS["fast_tracker"](obs), 1),
         "fast_tracker": lambda obs: _toward(obs[:, 1], obs[:, 4]),  # follows the ball's height
-        "predictor": predictor}
+        "predictor": scripted(aim=0.7)}
+# The family of `scripted` bots. Each style range is cut into 4 bins: bots for training and for choosing the
+# kept model draw from bins 0 and 2, held-out bots (evaluation only) from bins 1 and 3, so none of them aims,
+# reacts or waits like a bot the learner has met. Weaknesses share one range, skewed towards 0 (strong bots).
+STYLE, SKILL = {"aim": (-1.0, 1.0), "react": (0.85, 1.0), "shadow": (0.0, 0.4)}, {"noise": 0.05, "lazy": 0.08}
+
+
+def family(prefix: str, n: int, seed: int, held_out: bool = False) -> dict:
+    """{name: parameters} of `n` bots of the family, drawn from the training or from the held-out bins."""
+    rng = np.random.default_rng(seed)
+    bins = rng.choice([1, 3] if held_out else [0, 2], (n, len(STYLE))) + rng.random((n, len(STYLE)))
+    style = [{k: float(lo + (hi - lo) * b / 4) for (k, (lo, hi)), b in zip(STYLE.items(), row)} for row in bins]
+    skill = [{k: hi * rng.random() ** 2 for k, hi in SKILL.items()} for _ in range(n)]
+    return {f"{prefix}{i}": {**a, **b} for i, (a, b) in enumerate(zip(style, skill))}
+
+
+VALIDATION, HELD_OUT = family("val_", 8, seed=1), family("held_out_", 12, seed=2, held_out=True)
 
 
 @dataclass
@@ -125,7 +147,7 @@ class Args:
     save_model: bool = False
     """save <run>/checkpoint.pt at the end (a stop by Ctrl-C/SIGTERM always does), best.pt on a new best"""
     eval_episodes: int = 50
-    """evaluation games against each bot after training (or --eval-checkpoint)"""
+    """greedy games against each named and each held-out bot after training (or --eval-checkpoint)"""
     eval_checkpoint: str | None = None
     """skip training: play every bot from this checkpoint, film a game"""
     resume: str | None = None
@@ -163,59 +185,21 @@ class Args:
     snapshot_interval: int = 20
     """self-play updates between snapshots, each followed by a panel evaluation"""
     panel_games: int = 32
-    """games against each panel member (every bot and the snapshot that beat it)"""
+    """games against each panel member (the validation bots, the snapshots that beat a named bot)"""
+    family_bots: int = 8
+    """bots drawn from the family's training ranges, played after the curriculum as the named bots are"""
 
     def __post_init__(self):
         ranges = {name: (1, float("inf")) for name, value in asdict(self).items() if type(value) is int}
         # Caps: workers load torch (more than 4 per core only contend); memory of games at once, of rollouts
         ranges |= {"seed": (0, 2 ** 32 - 1), "learning_rate": (1e-7, 1), "eval_episodes": (0, 10 ** 5),
-                   "n_workers": (0, min(self.n_games, 4 * (os.cpu_count() or 1))), "n_games": (1, 10 ** 5),
+                   "n_workers": (0, min(self.n_games, 4 * (os.cpu_count() or 1))), "family_bots": (0, 1000), "n_games": (1, 10 ** 5),
                    "panel_games": (1, 10 ** 4), "n_steps": (1, 2 ** 22 // max(self.n_games, 1)),
                    "n_minibatches": (1, self.n_games * self.n_steps), **dict.fromkeys(("gamma", "gae_lambda",
                    "clip_coef", "ent_coef", "curriculum_threshold", "bot_fraction"), (0, 1))}
         for name, (low, high) in ranges.items():
             if not low <= (value := getattr(self, name)) <= high:  # NaN fails too
                 raise ValueError(f"--{name.replace('_', '-')} must be in [{low}, {high}], got {value}")
-
-
-def worker(conn, n_games: int, seed: int) -> None:  # a process stepping a shard of the games; it
-    # ignores Ctrl-C and SIGTERM (children_ignore_signals): the learner stops the workers
-    env = PongDuel(n_games, seed)
-    with contextlib.suppress(EOFError, BrokenPipeError):  # a gone learner reads as EOF
-        conn.send(env.observe())
-        while (actions := conn.recv()) is not None:
-            conn.send(env.step(*actions))
-
-
-class Collector:  # the games, in shards stepped by `n_workers` processes (by the learner's process when 0)
-    def __init__(self, n_games: int, n_workers: int, seed: int):
-        self.local, ctx = PongDuel(n_games, seed) if n_workers == 0 else None, mp.get_context("spawn")
-        sizes = [len(shard) for shard in np.array_split(np.arange(n_games), max(n_workers, 1))]
-        self.cuts, self.pipes, self.procs = np.cumsum(sizes)[:-1], [], []
-        for w in range(n_workers):  # spawn: a fresh interpreter, no forked torch threads or locks
-            parent, child = ctx.Pipe()
-            self.procs.append(ctx.Process(target=worker, args=(child, sizes[w], seed * 1000 + w),
-                                          daemon=True))
-            with children_ignore_signals():  # a Ctrl-C to the group must spare a starting worker
-                self.procs[-1].start()
-            child.close()  # only the worker holds its end now: a dead worker reads as EOF, not a hang
-            self.pipes.append(parent)
-
-    def step(self, a0=None, a1=None):
-        """(player 0's reward, game over, obs0, obs1) of every game; without actions: only (obs0, obs1)."""
-        if self.local:
-            return self.local.observe() if a0 is None else self.local.step(a0, a1)
-        if a0 is not None:
-            for pipe, b0, b1 in zip(self.pipes, np.split(a0, self.cuts), np.split(a1, self.cuts)):
-                pipe.send((b0, b1))
-        return [np.concatenate(parts) for parts in zip(*(p.recv() for p in self.pipes))]  # in game order
-
-    def close(self) -> None:  # stop the workers; kill any that does not stop
-        for pipe, proc in zip(self.pipes, self.procs):
-            with contextlib.suppress(OSError):  # the worker may be gone already
-                pipe.send(None)
-            proc.join(timeout=2)
-            proc.kill()
 
 
 def mlp(out: int, last_scale: float = 1.0) -> nn.Sequential:
@@ -277,10 +261,14 @@ def ppo_update(actor, critic, optimizer, batch, args: Args, ent_coef: float, vf_
 class League:  # the opponents (bots, then snapshots of the learner), each game's opponent, Elo, curriculum
     def __init__(self, args: Args, device, state: dict):
         self.args, self.device, self.rng = args, device, np.random.default_rng(args.seed)
-        self.names, self.fns = list(BOTS), list(BOTS.values())
+        trained = {**BOTS, **family("train_", args.family_bots, 1000 + args.seed)}  # bots' functions or parameters
+        self.names = [*trained, *VALIDATION]
+        self.fns = [p if callable(p) else scripted(**p) for p in [*trained.values(), *VALIDATION.values()]]
+        self.n_bots, self.n_fixed = len(trained), len(self.names)  # the bots played, then the validation bots
         self.window = deque(state.get("window", []), maxlen=args.curriculum_window)  # wins vs the current bot
-        self.level, self.snapshots, self.panel = state.get("level", 0), {}, list(range(len(BOTS)))
-        self.elo = state.get("elo", {name: 1000.0 for name in self.names + ["learner"]})
+        self.level, self.snapshots = state.get("level", 0), {}
+        self.panel = list(range(self.n_bots, self.n_fixed))  # the judges: validation bots, beat_* snapshots
+        self.elo = {name: 1000.0 for name in [*trained, "learner"]} | state.get("elo", {})
         for name, actor_state in state.get("snapshots", {}).items():
             self.add_snapshot(name, actor_state)
         self.opp = np.array([self.choose() for _ in range(args.n_games)])  # game i's opponent: fns[opp[i]]
@@ -294,7 +282,7 @@ class League:  # the opponents (bots, then snapshots of the learner), each game'
         self.names.append(name)
         self.fns.append(policy_fn(actor, self.device))
         self.elo.setdefault(name, self.elo["learner"])  # a new snapshot starts at the learner's rating
-        self.panel += [len(self.names) - 1] if name.startswith("beat_") else []  # judges: bots, beat_* snaps
+        self.panel += [len(self.names) - 1] if name.startswith("beat_") else []
 
     def record(self, reward, done, step: int, actor, metrics) -> None:
         """A step of every game; finished ones are rated, logged, move the curriculum, get a new opponent."""
@@ -323,12 +311,13 @@ class League:  # the opponents (bots, then snapshots of the learner), each game'
         stronger, by Elo, the more often) in --bot-fraction of the games."""
         if self.level < len(BOTS):
             return self.level
-        pool = np.arange(max(len(BOTS), len(self.names) - self.args.pool_size), len(self.names))
+        pool = np.arange(max(self.n_fixed, len(self.names) - self.args.pool_size), len(self.names))
         if len(pool) and self.rng.random() >= self.args.bot_fraction:
             weights = np.arange(1, len(pool) + 1)  # 1, 2, .., newest
             return int(self.rng.choice(pool, p=weights / weights.sum()))
-        lose = 1 / (1 + 10 ** ((self.elo["learner"] - np.array([self.elo[n] for n in BOTS])) / 400))  # 1 - E
-        return int(self.rng.choice(len(BOTS), p=(lose ** 2 + 0.01) / (lose ** 2 + 0.01).sum()))
+        elo = np.array([self.elo[name] for name in self.names[:self.n_bots]])
+        lose = 1 / (1 + 10 ** ((self.elo["learner"] - elo) / 400))  # 1 - E
+        return int(self.rng.choice(self.n_bots, p=(lose ** 2 + 0.01) / (lose ** 2 + 0.01).sum()))
 
 
 def play(policy, fns, opp, seed: int, video=None) -> np.ndarray:
@@ -344,18 +333,22 @@ def play(policy, fns, opp, seed: int, video=None) -> np.ndarray:
 
 
 def evaluate(actor, games: int, seed: int, device, run_dir: str, film: bool) -> None:
-    """Greedy games against every bot, strongest first (the first may be filmed): a table and eval.json."""
-    names = list(BOTS)[::-1]
+    """Greedy games against the named bots, strongest first (the first may be filmed), and the held-out bots,
+    which played no part in training or in choosing the model: a table, the worst held-out bot, eval.json."""
+    opponents = {**dict(reversed(BOTS.items())), **{name: scripted(**p) for name, p in HELD_OUT.items()}}
     video = VideoWriter(os.path.join(run_dir, "videos", "eval.mp4"), fps=60) if film else None
-    diff = play(policy_fn(actor, device, greedy=True), list(BOTS.values())[::-1],
-                np.repeat(np.arange(len(names)), games), seed + 12345, video)
+    diff = play(policy_fn(actor, device, greedy=True), list(opponents.values()),
+                np.repeat(np.arange(len(opponents)), games), seed + 12345, video)
     video and video.close()
     table = {name: [float(np.mean(d > 0)), float(np.mean(d == 0)), float(np.mean(d < 0)), float(np.mean(d))]
-             for name, d in zip(names, diff.reshape(-1, games))}
+             for name, d in zip(opponents, diff.reshape(-1, games))}
+    worst = min(HELD_OUT, key=lambda name: table[name][0])
     print(f"greedy evaluation, {len(diff)} games: mean score difference {diff.mean():.2f}\n"
           "| opponent | win | draw | loss | mean score diff |\n|---|---|---|---|---|\n" + "\n".join(
-              f"| {n} | {w:.0%} | {d:.0%} | {lo:.0%} | {m:+.2f} |" for n, (w, d, lo, m) in table.items()))
-    write_evaluation(run_dir, diff.tolist(), win_draw_loss_diff=table)
+              f"| {n} | {w:.0%} | {d:.0%} | {lo:.0%} | {m:+.2f} |" for n, (w, d, lo, m) in table.items())
+          + f"\nworst held-out bot: {worst} {({k: round(v, 2) for k, v in HELD_OUT[worst].items()})}, "
+          f"won {table[worst][0]:.0%}")
+    write_evaluation(run_dir, diff.tolist(), win_draw_loss_diff=table, held_out_worst=worst, held_out=HELD_OUT)
 
 
 if __name__ == "__main__":
@@ -373,7 +366,7 @@ if __name__ == "__main__":
     print(f"run directory: {run_dir} | device: {device}", flush=True)
     actor, critic = mlp(N_ACTIONS, 0.01).to(device), mlp(1).to(device)
     if args.eval_checkpoint:
-        actor.load_state_dict(state["actor"])
+        actor.load_state_dict(state.get("best_actor") or state["actor"])  # checkpoint.pt: its kept model
         evaluate(actor, max(args.eval_episodes, 1), args.seed, device, run_dir, film=True)
         raise SystemExit(0)
     optimizer = torch.optim.Adam([*actor.parameters(), *critic.parameters()], lr=args.learning_rate, eps=1e-5)
@@ -389,7 +382,8 @@ if __name__ == "__main__":
     obs_buf = torch.zeros((args.n_steps, args.n_games, OBS_DIM), device=device)
     act_buf, logp_buf, val_buf, rew_buf, done_buf = torch.zeros(5, args.n_steps, args.n_games, device=device)
     best_score, best_actor, panel_score = state.get("best_score", -1.0), state.get("best_actor"), float("nan")
-    stop, collector = StopRequest(), Collector(args.n_games, args.n_workers, args.seed)  # the handlers first
+    stop = StopRequest()  # the handlers first: a Ctrl-C while the workers start only sets the flag
+    collector = ShardedEnv(PongDuel, args.n_games, args.n_workers, args.seed)
     print("training: Ctrl-C or SIGTERM stops it and saves a checkpoint to resume from", flush=True)
     try:
         obs0, obs1 = collector.step()

@@ -4,15 +4,18 @@ import json
 import os
 import resource
 import signal
+import subprocess
+import sys
 from collections import deque
 
+import imageio.v2 as imageio
 import numpy as np
 import pytest
 import torch
 
 import cartpole_dqn as dqn
 from common.metrics import read_episodes
-from conftest import run_dirs, stop_with_signal
+from conftest import REPO, run_dirs, stop_with_signal
 
 
 def test_replay_buffer_wraps_around():
@@ -101,6 +104,14 @@ def test_checkpoint_resume_and_eval_checkpoint(run_script, tmp_path):
     assert result["episodes"] == 2 and result["kept_step"] == state["kept_step"]
     assert os.path.getsize(os.path.join(eval_run, "videos", "eval.mp4")) > 0
     assert not os.path.exists(os.path.join(eval_run, "metrics.csv"))  # no training happened
+
+    # benchmarks/make_gif.py films the same checkpoint through --eval-checkpoint into a GIF
+    gif = tmp_path / "agent.gif"
+    made = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "make_gif.py"), "--script",
+                           os.path.join(REPO, "cartpole_dqn.py"), "--checkpoint", checkpoint, "--out", str(gif),
+                           "--seconds", "1"], capture_output=True, text=True, timeout=300)
+    assert made.returncode == 0, made.stderr
+    assert len(imageio.mimread(gif)) > 5  # 1 s at 50 frames/s, every second frame (repeats merge)
 
 
 def test_learns_cartpole(run_script, tmp_path):

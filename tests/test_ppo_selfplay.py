@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import ppo_selfplay as m
+from common.parallel import ShardedEnv
 from conftest import run_dirs, stop_with_signal
 
 
@@ -107,6 +108,57 @@ def test_same_seed_same_games():
     assert not np.array_equal(first, trajectory(6))
 
 
+def test_family_split_is_disjoint_in_every_style_parameter():
+    """Held-out bots draw each style parameter from bins 1 and 3 of its range, training and validation
+    bots from bins 0 and 2; skill parameters stay in their shared range. The draws are fixed by seed."""
+    def bins(bots):
+        return {name: {k: int(4 * (p[k] - lo) / (hi - lo)) for k, (lo, hi) in m.STYLE.items()}
+                for name, p in bots.items()}
+    trained = m.family("train_", 50, seed=7)
+    for group, allowed in ((trained, {0, 2}), (m.VALIDATION, {0, 2}), (m.HELD_OUT, {1, 3, 4})):
+        assert all(set(b.values()) <= allowed for b in bins(group).values()), group
+        assert all(0 <= p[k] <= hi for p in group.values() for k, hi in m.SKILL.items())
+    assert len({tuple(p.values()) for p in m.HELD_OUT.values()}) == len(m.HELD_OUT) == 12
+    assert m.family("train_", 50, seed=7) == trained != m.family("train_", 50, seed=8)
+
+
+def test_scripted_bot_parameters():
+    """Ball coming at the bot from mid-table: it goes for the arrival point (+ aim) only when the ball is
+    nearer than `react`; else it moves to shadow x ball height; `lazy` = 1 never moves."""
+    env = m.PongDuel(1, seed=0)
+    env.ball[:] = [[0.5, 0.5, 0.02, 0.0]]  # towards player 1, arriving at y = 0.5
+    env.paddles[:] = [[0.5, 0.2]]  # player 1's paddle well above the arrival point
+    obs = env.observe()[1]
+    down, up, stay = [2], [0], [1]
+    assert m.scripted(aim=0.0)(obs).tolist() == down  # goes for the arrival point
+    assert m.scripted(aim=0.0, react=0.4, shadow=0.0)(obs).tolist() == down  # waits at the centre (0.5)
+    env.paddles[:] = [[0.5, 0.8]]  # below the arrival point: waiting at the centre means moving up
+    obs = env.observe()[1]
+    assert m.scripted(aim=0.0, react=0.4, shadow=0.0)(obs).tolist() == up
+    assert m.scripted(aim=0.0, react=0.4, shadow=1.0)(obs).tolist() == up  # follows the ball (y 0.5)
+    assert m.scripted(aim=0.0, lazy=1.0)(obs).tolist() == stay
+    env.paddles[:] = [[0.3, 0.5]]
+    obs = env.observe()[1]
+    assert m.scripted(aim=0.0)(obs).tolist() == stay  # at the arrival point already
+    assert m.scripted(aim=1.0)(obs).tolist() != stay  # meets the ball off-centre, away from the opponent
+
+
+def test_sharded_games_match_their_shards_stepped_here():
+    """Two worker processes step games 0-3 and 4-6, seeded seed * 1000 + shard, in game order."""
+    sharded = ShardedEnv(m.PongDuel, 7, n_workers=2, seed=3)
+    shards, rng = [m.PongDuel(4, 3000), m.PongDuel(3, 3001)], np.random.default_rng(0)
+    try:
+        np.testing.assert_array_equal(sharded.step()[0], np.concatenate([s.observe()[0] for s in shards]))
+        for _ in range(300):
+            a0, a1 = rng.integers(0, 3, 7), rng.integers(0, 3, 7)
+            here = [s.step(a0[cut], a1[cut]) for s, cut in zip(shards, (slice(0, 4), slice(4, 7)))]
+            for got, expected in zip(sharded.step(a0, a1), zip(*here)):
+                np.testing.assert_array_equal(got, np.concatenate(expected))
+    finally:
+        sharded.close()
+    assert not any(proc.is_alive() for proc in sharded.procs)
+
+
 def test_render_frame():
     frame = m.PongDuel(2, seed=0).render(1)
     assert frame.shape == (160, 160, 3) and frame.dtype == np.uint8 and frame.max() == 255
@@ -164,7 +216,9 @@ def test_self_play_best_model_resume_and_eval_checkpoint(run_script, tmp_path):
     eval_dir = [d for d in run_dirs(tmp_path) if d != run_dir][-1]
     assert os.path.getsize(os.path.join(eval_dir, "videos", "eval.mp4")) > 0
     with open(os.path.join(eval_dir, "eval.json")) as f:
-        assert set(json.load(f)["win_draw_loss_diff"]) == set(m.BOTS)
+        result = json.load(f)
+    assert set(result["win_draw_loss_diff"]) == set(m.BOTS) | set(m.HELD_OUT)
+    assert result["held_out_worst"] in m.HELD_OUT and result["held_out"] == m.HELD_OUT
 
 
 FAST = ["--n-games", "64", "--n-steps", "32", "--curriculum-threshold", "0", "--curriculum-window", "1",
