@@ -12,7 +12,7 @@ import torch
 
 import ppo_selfplay as m
 from common.parallel import ShardedEnv
-from conftest import run_dirs, stop_with_signal
+from conftest import REPO, run_dirs, stop_with_signal
 
 
 def random_state(env: m.PongDuel, rng) -> None:
@@ -278,3 +278,17 @@ def test_ctrl_c_to_the_group_while_workers_start(run_script, tmp_path):
     _, _, rows = resume(run_script, tmp_path, state, 2)  # the step count goes on from the stop
     assert [int(r["global_step"]) for r in rows if r["kind"] == "log"] == [
         (state["update"] + 1) * BATCH, (state["update"] + 2) * BATCH]
+
+
+def test_shipped_model_loads_weights_only_and_plays(run_script, tmp_path):
+    """pretrained/ppo_selfplay.pt (the kept actor of the seed-1 default run) loads with weights_only=True
+    and, through --eval-checkpoint, plays and films games against every named and held-out bot."""
+    path = os.path.join(REPO, "pretrained", "ppo_selfplay.pt")
+    assert set(torch.load(path, weights_only=True)) == {"script", "actor", "panel_score"}
+    result = run_script("ppo_selfplay.py", "--eval-checkpoint", path, "--eval-episodes", "4")
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = run_dirs(tmp_path)
+    assert os.path.getsize(os.path.join(run_dir, "videos", "eval.mp4")) > 0
+    with open(os.path.join(run_dir, "eval.json")) as f:
+        table = json.load(f)["win_draw_loss_diff"]
+    assert table["random"][0] == 1.0 and table["fast_tracker"][0] == 1.0  # a trained player, not a random one
