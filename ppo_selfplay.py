@@ -97,9 +97,9 @@ def _toward(target, paddle, dead_zone=2 * PADDLE_SPEED):  # up (0), down (2) or 
 
 
 def scripted(aim=0.7, react=1.0, shadow=0.0, noise=0.0, lazy=0.0):
-    """Meets the ball where it arrives, `aim` paddle half-lengths off-centre (> 0: to angle it away from the opponent)
-    and off by up to `noise` (one error per flight), once it comes at it nearer than `react` tables; until then
-    goes to `shadow` x the ball's height (0: the centre). It stays put in a share `lazy` of the steps."""
+    """Meets the ball where it arrives, `aim` paddle half-lengths off-centre (> 0: to angle it away from the
+    opponent) and off by up to `noise` (one error per flight), once it comes at it nearer than `react`
+    tables; until then goes to `shadow` x the ball's height (0: the centre). Stays put in a share `lazy`."""
     def act(obs):
         x, y, vx, vy, own, other, _, arrival, _ = obs.T
         error = noise * np.sin(1e3 * np.abs(vx) + 1e2 * np.abs(vy))  # a pseudo-random draw per flight
@@ -116,7 +116,7 @@ BOTS = {"random": lambda obs: np.random.randint(0, N_ACTIONS, len(obs)),
         "predictor": scripted(aim=0.7)}
 # The family of `scripted` bots. Each style range is cut into 4 bins: bots for training and for choosing the
 # kept model draw from bins 0 and 2, held-out bots (evaluation only) from bins 1 and 3, so none of them aims,
-# reacts or waits like a bot the learner has met. Weaknesses share one range, skewed towards 0 (strong bots).
+# reacts or waits like a family bot the learner met. Weaknesses share one range, skewed towards 0 (strong bots).
 STYLE, SKILL = {"aim": (-1.0, 1.0), "react": (0.85, 1.0), "shadow": (0.0, 0.4)}, {"noise": 0.05, "lazy": 0.08}
 
 
@@ -193,8 +193,9 @@ class Args:
         ranges = {name: (1, float("inf")) for name, value in asdict(self).items() if type(value) is int}
         # Caps: workers load torch (more than 4 per core only contend); memory of games at once, of rollouts
         ranges |= {"seed": (0, 2 ** 32 - 1), "learning_rate": (1e-7, 1), "eval_episodes": (0, 10 ** 5),
-                   "n_workers": (0, min(self.n_games, 4 * (os.cpu_count() or 1))), "family_bots": (0, 1000), "n_games": (1, 10 ** 5),
-                   "panel_games": (1, 10 ** 4), "n_steps": (1, 2 ** 22 // max(self.n_games, 1)),
+                   "n_workers": (0, min(self.n_games, 4 * (os.cpu_count() or 1))), "n_games": (1, 10 ** 5),
+                   "family_bots": (0, 1000), "panel_games": (1, 10 ** 4),
+                   "n_steps": (1, 2 ** 22 // max(self.n_games, 1)),
                    "n_minibatches": (1, self.n_games * self.n_steps), **dict.fromkeys(("gamma", "gae_lambda",
                    "clip_coef", "ent_coef", "curriculum_threshold", "bot_fraction"), (0, 1))}
         for name, (low, high) in ranges.items():
