@@ -3,19 +3,16 @@
     python pong_a3c.py --n-workers 4                       # train, then evaluate greedily
     python pong_a3c.py --resume runs/<run>/checkpoint.pt   # or --eval-checkpoint PATH; --help
 
-The global actor-critic and Adam's moments and step counts live in shared memory. Each worker
-process (spawn) owns its envs and a local network: copy the global weights, play --n-steps steps
-(episodes go on across rollouts), compute the gradient, hand it to the global parameters, step the
-shared optimizer with no lock (Hogwild!). An evaluator process plays a greedy episode with a video
-every --eval-interval steps. The main process logs what the children report through a queue and
-checkpoints; Ctrl-C/SIGTERM stop all within seconds (checkpoint, exit 130/143); a dead child is
-reported (exit 1): children print "worker <i> pid <pid>" as they start.
+The global actor-critic and Adam's state live in shared memory. Each worker process (spawn) owns
+its envs and a local network: copy the global weights, play --n-steps steps (episodes go on across
+rollouts), compute the gradient, hand it to the global parameters, step the shared optimizer with
+no lock (Hogwild!). An evaluator process films a greedy episode every --eval-interval steps. The
+main process logs what the children report through a queue and checkpoints; Ctrl-C/SIGTERM stop
+all within seconds (checkpoint, exit 130/143); a dead child is reported (exit 1).
 
-Env: ale-py's AtariVectorEnv preprocesses in C++: 4 frames per action (max of the last two),
-grayscale, 84x84, 4 stacked, up to 30 no-op starts, FIRE on reset, 108k frames at most. No sticky
-actions by default: the A3C paper's deterministic Pong (randomness from the no-op starts and the
-policy), the setting the published A3C timings use; `--sticky-actions 0.25` restores ALE v5's
-harder default (Machado et al., 2018). Rewards are clipped to [-1, 1] for learning only.
+Env: ale-py's AtariVectorEnv preprocesses in C++: 4 frames per action (max of the last two), grayscale,
+84x84, 4 stacked, up to 30 no-op starts, FIRE on reset, 108k frames at most; no sticky actions by default
+(the A3C paper's Pong; `--sticky-actions 0.25` gives ALE v5's). Rewards are clipped for learning only.
 """
 import os
 import queue as queue_lib
@@ -111,11 +108,12 @@ def rom_name(env_id: str) -> str:
     return "".join("_" + c.lower() if c.isupper() else c for c in name).lstrip("_")
 
 
-def make_env(args: Args, num_envs: int = 1) -> AtariVectorEnv:
+def make_env(args: Args, num_envs: int = 1, colour: bool = False) -> AtariVectorEnv:
     # SAME_STEP autoreset: an episode's last step returns the next one's first obs, no reset step
+    screen = dict(grayscale=False, img_height=210, img_width=160, stack_num=1) if colour else {}  # RGB
     return AtariVectorEnv(rom_name(args.env_id), num_envs=num_envs, num_threads=1,
                           repeat_action_probability=args.sticky_actions, reward_clipping=False,
-                          autoreset_mode="SameStep")
+                          autoreset_mode="SameStep", **screen)
 
 
 def layer_init(layer: nn.Module, std: float = 2 ** 0.5) -> nn.Module:
@@ -151,9 +149,8 @@ class SharedAdam(torch.optim.Adam):
         self.share_memory()
 
     def share_memory(self) -> None:  # again after load_state_dict, which replaces the tensors
-        for state in self.state.values():
-            for tensor in state.values():
-                tensor.share_memory_()
+        for tensor in (tensor for state in self.state.values() for tensor in state.values()):
+            tensor.share_memory_()
 
 
 def nstep_returns(rewards, dones, last_value, gamma: float) -> np.ndarray:
@@ -221,19 +218,21 @@ def worker(rank, args, global_model, optimizer, steps, stop, queue, parent_pid):
 
 @torch.no_grad()
 def evaluate(model, args, episodes: int, seed: int, video_path=None, stop=None) -> list[float]:
-    """Greedy returns, each episode cut after --eval-max-steps, all once `stop` is true. The first
-    is filmed if `video_path` is set, as the agent sees it (84x84 enlarged 4x: the env can't render)."""
-    env, returns = make_env(args), []
+    """Greedy returns, each episode cut after --eval-max-steps, all once `stop` is true. The first is
+    filmed if `video_path` is set, by a colour env that plays the same game (same seed and actions)."""
+    env, screen, returns = make_env(args), make_env(args, colour=True), []
     video = VideoWriter(video_path or "", fps=15)  # 60 frames/s, 4 per step; no add(): no file
-    obs, _ = env.reset(seed=seed)
+    obs, frame = env.reset(seed=seed)[0], screen.reset(seed=seed)[0]
     for episode in range(episodes):
         returns.append(0.0)
         for _ in range(args.eval_max_steps):
             if stop:
                 break
+            action = model(obs)[0].argmax(-1).numpy()
             if video_path and episode == 0:
-                video.add(np.repeat(np.repeat(obs[0, -1], 4, 0), 4, 1)[..., None].repeat(3, 2))
-            obs, reward, terminated, truncated, _ = env.step(model(obs)[0].argmax(-1).numpy())
+                video.add(frame[0, -1])
+                frame = screen.step(action)[0]
+            obs, reward, terminated, truncated, _ = env.step(action)
             returns[-1] += float(reward[0])
             if terminated[0] or truncated[0]:
                 break

@@ -41,6 +41,25 @@ def test_shared_adam_state_is_in_shared_memory_and_rom_names():
     assert m.rom_name("ALE/Pong-v5") == "pong" and m.rom_name("ALE/MsPacman-v5") == "ms_pacman"
 
 
+def test_the_colour_env_of_the_videos_plays_the_network_envs_game():
+    """Same seed, same actions (sticky ones too): the same rewards and episode ends, and the colour
+    screen, grayscaled and shrunk, looks like the network's newest 84x84 frame."""
+    args = m.Args(sticky_actions=0.25)
+    env, screen = m.make_env(args), m.make_env(args, colour=True)
+    obs, frame = env.reset(seed=3)[0], screen.reset(seed=3)[0]
+    rng, rewards = np.random.default_rng(0), []
+    for _ in range(1500):
+        action = rng.integers(0, 6, size=1)
+        obs, reward, terminated, truncated, _ = env.step(action)
+        frame, colour_reward, colour_terminated, colour_truncated, _ = screen.step(action)
+        rewards.append(reward[0])
+        assert (reward, terminated, truncated) == (colour_reward, colour_terminated, colour_truncated)
+    assert frame.shape == (1, 1, 210, 160, 3) and np.count_nonzero(rewards) > 5
+    gray = frame[0, -1].astype(np.float32).mean(-1)
+    shrunk = torch.nn.functional.interpolate(torch.from_numpy(gray)[None, None], (84, 84), mode="area")
+    assert np.corrcoef(shrunk.flatten().numpy(), obs[0, -1].flatten())[0, 1] > 0.9
+
+
 def read_log_steps(run_dir):
     with open(os.path.join(run_dir, "metrics.csv")) as f:
         return [int(r["global_step"]) for r in csv.DictReader(f) if r["kind"] == "log"]
