@@ -55,8 +55,8 @@ class Args:
 
     learning_rate: float = 2e-3
     """Adam learning rate"""
-    buffer_size: int = 50_000
-    """replay buffer capacity (transitions)"""
+    buffer_size: int = 10_000
+    """replay buffer capacity (transitions), the newest kept: 20k-50k held back more seeds (docs)"""
     batch_size: int = 512
     """transitions per gradient step"""
     gamma: float = 0.99
