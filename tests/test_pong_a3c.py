@@ -1,5 +1,7 @@
-"""pong_a3c.py: pieces of the algorithm, a smoke run and resume, stops by signal, a dead worker."""
+"""pong_a3c.py: pieces of the algorithm, the colour video, a smoke run and resume, stops by signal,
+a dead worker, the shipped model."""
 import csv
+import json
 import os
 import re
 import signal
@@ -9,7 +11,7 @@ import numpy as np
 import torch
 
 import pong_a3c as m
-from conftest import alive, descendants, run_dirs, start_script, stop_with_signal, wait_for
+from conftest import REPO, alive, descendants, run_dirs, start_script, stop_with_signal, wait_for
 
 
 def test_nstep_returns_bootstrap_and_episode_cut():
@@ -155,3 +157,15 @@ def test_returns_improve_on_breakout_within_minutes(run_script, tmp_path):
     assert len(returns) >= 400, len(returns)
     first, last = np.mean(returns[:200]), np.mean(returns[-200:])
     assert last >= first + 0.5, f"mean return of the first 200 games {first:.2f}, last 200 {last:.2f}"
+
+
+def test_shipped_model_loads_weights_only_and_wins_a_game(run_script, tmp_path):
+    """pretrained/pong_a3c.pt (weights only) loads with weights_only=True and, through
+    --eval-checkpoint, wins a greedy game (a random or untrained agent loses about -21) on film."""
+    path = os.path.join(REPO, "pretrained", "pong_a3c.pt")
+    assert set(torch.load(path, weights_only=True)) == {"script", "model", "global_step"}
+    result = run_script("pong_a3c.py", "--eval-checkpoint", path, "--eval-episodes", "1", timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = run_dirs(tmp_path)
+    assert os.path.getsize(os.path.join(run_dir, "videos", "eval.mp4")) > 0
+    assert json.load(open(os.path.join(run_dir, "eval.json")))["mean_return"] > 10
