@@ -241,7 +241,7 @@ if __name__ == "__main__":
     args = parse_args(Args)
     script = os.path.splitext(os.path.basename(__file__))[0]
     seed_everything(args.seed)
-    torch.set_num_threads(1)  # 64-unit MLPs on batches of 256 run fastest on one thread
+    torch.set_num_threads(1)  # 64-unit MLPs on batches of 256 gain nothing from a second thread
     device = pick_device(args.cuda)
     checkpoint = args.eval_checkpoint or args.resume  # loaded first: a bad file leaves no run dir
     state = load_checkpoint(checkpoint, script, device) if checkpoint else {}
