@@ -184,8 +184,8 @@ class Args:
     """self-play opponents: the latest --pool-size snapshots, recent ones more often"""
     snapshot_interval: int = 20
     """self-play updates between snapshots, each followed by a panel evaluation"""
-    panel_games: int = 32
-    """games against each panel member (the validation bots, the snapshots that beat a named bot)"""
+    panel_games: int = 64
+    """games against each panel member (the validation bots, the beat_* snapshots); 32 chose worse models"""
     family_bots: int = 8
     """bots drawn from the family's training ranges, played after the curriculum as the named bots are"""
 

@@ -292,3 +292,17 @@ def test_shipped_model_loads_weights_only_and_plays(run_script, tmp_path):
     with open(os.path.join(run_dir, "eval.json")) as f:
         table = json.load(f)["win_draw_loss_diff"]
     assert table["random"][0] == 1.0 and table["fast_tracker"][0] == 1.0  # a trained player, not a random one
+
+
+def test_point_accounting_of_the_selfplay_points_benchmark():
+    """benchmarks/selfplay_points.py counts the same points play() scores, and a paddle that never
+    moves is at the centre at every return."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("selfplay_points", os.path.join(REPO, "benchmarks", "selfplay_points.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    stay = lambda obs: np.ones(len(obs), dtype=np.int64)  # noqa: E731
+    p = bench.points(stay, m.BOTS["fast_tracker"], 16, seed=3)
+    diff = m.play(stay, [m.BOTS["fast_tracker"]], np.zeros(16, dtype=int), seed=3)
+    assert p["won"] - p["lost"] == diff.sum() and p["lost"] > 0
+    assert p["offset_all"] == 0 and p["on_serve"] + p["out_of_reach"] <= p["lost"]
