@@ -13,7 +13,7 @@ import torch
 import mario_ddqn as m
 from common.mario import ACTION_SETS, MarioEnv
 from common.metrics import read_episodes
-from conftest import run_dirs, stop_with_signal
+from conftest import REPO, run_dirs, stop_with_signal
 
 
 class Fixed(torch.nn.Module):
@@ -193,6 +193,19 @@ def test_evaluation_from_power_on_then_no_op_starts(run_script, tmp_path):
     assert evaluation["episodes"] == 4 and evaluation["flags"] == 0
     assert all({"x_pos", "flag_get", "noops"} <= set(episode) for episode in evaluation["results"])
     assert f"no-op frames {noops}" in result.stdout
+
+
+def test_shipped_model_loads_weights_only_and_plays(run_script, tmp_path):
+    """pretrained/mario_ddqn_1-1.pt (the network alone) loads with weights_only=True and, through
+    --eval-checkpoint, plays a filmed greedy episode well past the first Goombas (an untrained network
+    stops near x_pos 300-700); whether it reaches the flag is a benchmark (docs), not this test."""
+    path = os.path.join(REPO, "pretrained", "mario_ddqn_1-1.pt")
+    assert set(torch.load(path, weights_only=True)) == {"script", "q_net", "args"}
+    result = run_script("mario_ddqn.py", "--eval-checkpoint", path, "--eval-episodes", "1", timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = run_dirs(tmp_path)
+    assert os.path.getsize(os.path.join(run_dir, "videos", "eval.mp4")) > 0
+    assert json.load(open(os.path.join(run_dir, "eval.json")))["results"][0]["x_pos"] > 1000
 
 
 @pytest.mark.parametrize("case", ["actions", "exploration", "epsilon", "cartpole", "weights_only",
