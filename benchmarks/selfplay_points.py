@@ -52,7 +52,8 @@ def points(policy, bot, games: int, seed: int) -> dict:
         won += int((live & (reward > 0)).sum())
         lost_margin += margin[live & (reward < 0)].tolist()
         lost_offset += offset[live & (reward < 0)].tolist()
-        heading_away = np.where(reward != 0, False, obs0[:, 2] > 0)  # a new serve
+        heading_away = np.where(reward != 0, False, obs0[:, 2] > 0)  # after a point: a new serve
+        margin, offset = np.where(reward != 0, np.nan, margin), np.where(reward != 0, np.nan, offset)
         done |= finished
     lost_margin, lost_offset = np.array(lost_margin), np.array(lost_offset)
     return {"won": won, "lost": len(lost_margin), "out_of_reach": int((lost_margin < 0).sum()),
