@@ -83,6 +83,8 @@ class Args:
     """agent steps per gradient step"""
     max_grad_norm: float = 10.0
     """gradient clipping by global norm"""
+    train_noops: int = 0
+    """training episodes start after 0 to this many no-op NES frames (drawn per episode); 0: power-on"""
     eval_patience: int = 200
     """greedy episodes end after this many agent steps without a new best x_pos (stuck at a pipe)"""
 
@@ -92,8 +94,8 @@ class Args:
                      "exploration_steps", "learning_rate", "max_grad_norm", "reward_scale"):
             if not getattr(self, name) > 0:  # `not >` also rejects nan
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        if self.eval_episodes < 0 or self.learning_starts < 0:
-            raise ValueError("--eval-episodes and --learning-starts must be >= 0")
+        if min(self.eval_episodes, self.learning_starts, self.train_noops) < 0:
+            raise ValueError("--eval-episodes, --learning-starts and --train-noops must be >= 0")
         if not (0 <= self.gamma <= 1 and 0 <= self.end_epsilon <= 1):
             raise ValueError("--gamma and --end-epsilon must be in [0, 1]")
         if self.batch_size > self.buffer_size or self.buffer_size < 8:
@@ -216,14 +218,11 @@ def evaluate(q_net, env, args, episodes: int, device, run_dir: str, stop, record
     """Greedy episodes to <run>/eval.json. The NES is deterministic: from power-on (episode 0, recorded
     if asked) greedy play is one path; the others start after 0-30 no-op frames (drawn from --seed)."""
     video = VideoWriter(os.path.join(run_dir, "videos", "eval.mp4"), fps=60 // args.frame_skip)
-    noop = env.unwrapped.action_meanings.index("NOOP") if args.actions != "right" else 0  # right: no NOOP
     starts, results = np.random.default_rng(args.seed), []
     while len(results) < episodes and not stop:  # Ctrl-C or SIGTERM ends the evaluation
-        frame, info = env.reset()
-        noops = int(starts.integers(31)) if results else 0
-        for _ in range(noops):  # single NES frames, before the first agent step
-            frame = env.observation(env.unwrapped.step(noop)[0])
-        stack, done, total, length, best_x, since_best = np.stack([frame] * 4), False, 0.0, 0, 0, 0
+        noops = int(starts.integers(31)) if results else 0  # NES frames before the first agent step
+        stack = np.stack([env.reset(options={"noops": noops})[0]] * 4)
+        done, total, length, best_x, since_best = False, 0.0, 0, 0, 0
         while not (done or stop) and since_best < args.eval_patience:
             if record and not results:
                 video.add(env.render())
@@ -292,7 +291,9 @@ if __name__ == "__main__":
     global_step, stopping, done = start_step, False, True  # global_step: agent steps taken so far
     while global_step < args.total_steps and not stopping:
         if done:  # a new episode: its first frame, repeated, is the first state
-            stack, episode_return, episode_length = np.stack([env.reset()[0]] * 4), 0.0, 0
+            # a random start with --train-noops (integers(1) draws nothing: 0 keeps the stream)
+            frame = env.reset(options={"noops": int(rng.integers(args.train_noops + 1))})[0]
+            stack, episode_return, episode_length = np.stack([frame] * 4), 0.0, 0
             buffer.start_episode(stack[-1])
         decayed = min(max(global_step - args.learning_starts, 0) / args.exploration_steps, 1.0)
         epsilon = 1.0 + (args.end_epsilon - 1.0) * decayed  # linear from 1 to end_epsilon

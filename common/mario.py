@@ -2,6 +2,7 @@
 
     env = MarioEnv(world=1, stage=1, actions="right", render_mode="rgb_array")
     obs, info = env.reset(seed=0)          # obs: (240, 256, 3) uint8, one NES frame per step
+    obs, info = env.reset(options={"noops": 12})   # a start 12 frames later (no buttons pressed)
     obs, reward, terminated, truncated, info = env.step(1)
 
 Stacks (requirements.txt picks by Python version): gym-super-mario-bros 9.x / nes-py 9.x on Python
@@ -102,6 +103,8 @@ class MarioEnv(gym.Env):
         super().reset(seed=seed)
         self.steps = 0
         screen, info = self.nes.reset()
+        for _ in range((options or {}).get("noops", 0)):  # a later start: frames of no buttons
+            screen, _, _, _, info = self.nes.step(0)
         info = self._info(info)
         self.last_x_pos, self.last_time = info["x_pos"], info["time"]
         # the emulator's screen is a view of C++ memory that the next frame overwrites: copy it

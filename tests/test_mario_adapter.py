@@ -94,6 +94,22 @@ def test_same_seed_same_actions_same_frames():
     assert not np.array_equal(runs[0][0], runs[0][-1])  # the frames are copies, not one view
 
 
+def test_reset_after_noops_is_a_later_start():
+    """reset(options={"noops": n}) is power-on followed by n frames with no button pressed: the
+    same frame and info as stepping the NOOP action n times, and the step after it pays only
+    its own progress (the counters start where the no-ops left them)."""
+    env, noop = MarioEnv(actions="complex"), ACTION_SETS["complex"].index(["NOOP"])
+    env.reset()
+    for _ in range(40):
+        stepped, _, _, _, stepped_info = env.step(noop)
+    walked = env.step(1)
+    frame, info = env.reset(options={"noops": 40})
+    assert np.array_equal(frame, stepped) and info == stepped_info
+    assert env.step(1)[1:] == walked[1:]
+    assert not np.array_equal(frame, env.reset(options={"noops": 0})[0])  # the power-on frame differs
+    env.close()
+
+
 def test_death_terminates(env):
     """Holding right walks into the first Goomba: the first life lost ends the episode."""
     env.reset(seed=0)

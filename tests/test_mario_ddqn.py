@@ -129,7 +129,9 @@ def test_checkpoint_resume_and_play(run_script, tmp_path):
     assert torch.load(checkpoint, weights_only=True)["global_step"] == 450
     weights = torch.load(os.path.join(first, "weights.pt"), weights_only=True)
     assert sorted(weights) == ["args", "q_net", "script"]
-    result = run_script("mario_ddqn.py", "--total-steps", "600", "--resume", checkpoint, *short)
+    # resumed with random starts (--train-noops), as pretrained/mario_ddqn_1-1.pt was fine-tuned
+    result = run_script("mario_ddqn.py", "--total-steps", "600", "--resume", checkpoint, "--train-noops", "30",
+                        *short)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resumed at step 450" in result.stdout and "step       600/600" in result.stdout
     assert "step       150/600" not in result.stdout  # the step count went on from 450
@@ -209,7 +211,7 @@ def test_shipped_model_loads_weights_only_and_plays(run_script, tmp_path):
 
 
 @pytest.mark.parametrize("case", ["actions", "exploration", "epsilon", "cartpole", "weights_only",
-                                  "other_actions", "already_done"])
+                                  "other_actions", "already_done", "noops"])
 def test_bad_input_is_one_line_error(case, run_script, tmp_path):
     """What a new user might try: one `error:` line, a non-zero exit, no run directory."""
     saved = str(tmp_path / "saved.pt")
@@ -224,7 +226,7 @@ def test_bad_input_is_one_line_error(case, run_script, tmp_path):
     argv = {"actions": ["--actions", "bogus"], "exploration": ["--exploration-steps", "0"],
             "epsilon": ["--end-epsilon", "2"], "cartpole": ["--resume", saved],
             "weights_only": ["--resume", saved], "other_actions": ["--eval-checkpoint", saved],
-            "already_done": ["--resume", saved]}[case]
+            "already_done": ["--resume", saved], "noops": ["--train-noops", "-1"]}[case]
     result = run_script("mario_ddqn.py", *argv, timeout=60)
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
