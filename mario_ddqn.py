@@ -1,7 +1,7 @@
 """Double DQN (van Hasselt et al., 2016) on n-step returns, on Super Mario Bros 1-1 from pixels.
 
 Frames are max-pooled over a 4-frame skip, grayscaled, area-resized to 84x84 and stacked by 4; the
-replay buffer keeps each frame once; the emulator steps in a thread while the network learns. An
+replay buffer keeps each frame once; the network learns in a thread while the emulator plays. An
 episode ends at the first life lost, the flag or the in-game clock (see common/mario.py).
 
     python mario_ddqn.py                             # train, then evaluate greedily; or --help
@@ -10,7 +10,7 @@ episode ends at the first life lost, the flag or the in-game clock (see common/m
 import os
 import sys
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -125,11 +125,10 @@ class SkipMaxGray(gym.ObservationWrapper):
         return (self.rows @ gray @ self.cols.T).round().to(torch.uint8).numpy()
 
     def step(self, action):
-        total, frames = 0.0, deque(maxlen=2)
+        total, frames = 0.0, []
         for _ in range(self.skip):
             frame, reward, terminated, truncated, info = self.env.step(action)
-            frames.append(frame)
-            total += reward
+            total, frames = total + reward, frames[-1:] + [frame]  # the last two frames
             if terminated or truncated:
                 break
         return self.observation(np.max(frames, axis=0)), total, terminated, truncated, info
@@ -139,14 +138,12 @@ class FrameReplayBuffer:
     """Circular replay of single frames; stacks of `stack` frames are rebuilt at sampling time.
 
     Slot i holds a frame and, once the agent acts on the state ending there (`valid[i]`), the action,
-    reward and termination; the next state ends at slot i + 1. Frames before an episode's first
-    frame read as that first frame, as at reset."""
+    reward and termination; the next state ends at i + 1. Frames before an episode's first read as it."""
 
     def __init__(self, capacity: int, frame_shape, seed: int, stack: int = 4):
         self.frames = np.zeros((capacity, *frame_shape), dtype=np.uint8)
         self.actions = np.zeros(capacity, dtype=np.int64)
-        self.rewards = np.zeros(capacity, dtype=np.float32)
-        self.terminated = np.zeros(capacity, dtype=np.float32)  # truncation still bootstraps
+        self.rewards, self.terminated = np.zeros(capacity, np.float32), np.zeros(capacity, np.float32)
         self.first, self.valid = np.zeros(capacity, dtype=bool), np.zeros(capacity, dtype=bool)
         self.capacity, self.stack, self.cursor, self.rng = capacity, stack, -1, np.random.default_rng(seed)
 
@@ -209,6 +206,18 @@ def double_dqn_target(q_net, target_net, returns, next_obs, terminated, discount
     return returns + discount * (1.0 - terminated) * next_q
 
 
+def gradient_step(q_net, target_net, optimizer, batch, max_grad_norm) -> tuple[torch.Tensor, torch.Tensor]:
+    obs, actions, returns, next_obs, terminated, discount = batch
+    target = double_dqn_target(q_net, target_net, returns, next_obs, terminated, discount)
+    q = q_net(obs).gather(1, actions.unsqueeze(1)).squeeze(1)  # Q(s, a)
+    loss = F.smooth_l1_loss(q, target)  # Huber loss of the TD error y - Q(s, a)
+    optimizer.zero_grad()
+    loss.backward()
+    nn.utils.clip_grad_norm_(q_net.parameters(), max_grad_norm)
+    optimizer.step()
+    return loss.detach(), q.detach().mean()
+
+
 def greedy_action(q_net, stack: np.ndarray, device) -> int:
     with torch.no_grad():
         return int(q_net(torch.as_tensor(stack[None], device=device)).argmax())
@@ -257,14 +266,14 @@ if __name__ == "__main__":
     print(f"run directory: {run_dir} | device: {device}", flush=True)
 
     env = SkipMaxGray(MarioEnv(*args.stage, args.actions, "rgb_array"), args.frame_skip)  # renders on request
-    q_net = QNetwork(int(env.action_space.n)).to(device)
+    n_actions = int(env.action_space.n)
+    q_net, target_net, actor = (QNetwork(n_actions).to(device) for _ in range(3))  # actor: see below
+    q_net.load_state_dict(state.get("q_net", q_net.state_dict()))  # a trained network, if given
     stop = StopRequest()  # Ctrl-C or SIGTERM: the step in progress completes, then the run saves and exits
     if args.eval_checkpoint:
-        q_net.load_state_dict(state["q_net"])
         evaluate(q_net, env, args, max(args.eval_episodes, 1), device, run_dir, stop, record=True)
         raise SystemExit(stop.exit_code if stop else 0)
 
-    target_net = QNetwork(int(env.action_space.n)).to(device)
     optimizer = torch.optim.Adam(q_net.parameters(), lr=args.learning_rate)
     buffer = FrameReplayBuffer(args.buffer_size, env.observation_space.shape, args.seed)
     rng = np.random.default_rng(args.seed)  # exploration
@@ -272,48 +281,39 @@ if __name__ == "__main__":
     # short runs (the smoke test) still make a few updates; a resumed run refills the buffer first.
     learning_starts = max(min(args.learning_starts, args.total_steps * 9 // 10), args.batch_size)
     if args.resume:
-        q_net.load_state_dict(state["q_net"])
         optimizer.load_state_dict(state["optimizer"])  # its learning rate too
-        rng.bit_generator.state = state["rng"]["explore"]  # the random streams continue too
-        buffer.rng.bit_generator.state = state["rng"]["replay"]
+        rng.bit_generator.state, buffer.rng.bit_generator.state = state["rng"]["explore"], state["rng"]["replay"]
         print(f"resumed at step {start_step}; the replay buffer refills for {learning_starts} steps")
     target_net.load_state_dict(state.get("target_net", q_net.state_dict()))  # a new run: a copy
+    actor.load_state_dict(q_net.state_dict())
 
-    # The emulator steps in a second thread while this one learns (nes-py's C++ and torch release
-    # the GIL); a short GIL switch interval keeps its Python parts from waiting 5 ms behind us.
-    emulator = ThreadPoolExecutor(max_workers=1)
+    # An update runs in a second thread during the next train_frequency steps, which `actor`, the online
+    # network one update behind, plays (torch and nes-py's C++ release the GIL; switch it every 0.2 ms, not 5).
+    learner, update, loss = ThreadPoolExecutor(max_workers=1), Future(), torch.tensor(float("nan"))
+    update.set_result((loss, loss))  # (loss, mean Q) of the latest update: none yet
     sys.setswitchinterval(2e-4)
     metrics = MetricsWriter(run_dir, ("x_pos", "flag_get", "loss", "q_mean", "epsilon"), start_time)
     progress = Progress(args.total_steps, start_step)
     recent_returns, recent_x = deque(maxlen=20), deque(maxlen=20)
-    loss = q_mean = torch.tensor(float("nan"))
     checkpoint_path = os.path.join(run_dir, "checkpoint.pt")
-    global_step, stopping, done = start_step, False, True  # global_step: agent steps taken so far
+    q_mean, global_step, stopping, done = loss, start_step, False, True  # global_step: agent steps taken so far
     while global_step < args.total_steps and not stopping:
-        if done:  # a new episode: its first frame, repeated, is the first state
-            # a random start with --train-noops (integers(1) draws nothing: 0 keeps the stream)
+        if done:  # a new episode, after 0 to train_noops no-op frames (integers(1) draws nothing)
             frame = env.reset(options={"noops": int(rng.integers(args.train_noops + 1))})[0]
-            stack, episode_return, episode_length = np.stack([frame] * 4), 0.0, 0
+            stack, episode_return, episode_length = np.stack([frame] * 4), 0.0, 0  # the first state
             buffer.start_episode(stack[-1])
         decayed = min(max(global_step - args.learning_starts, 0) / args.exploration_steps, 1.0)
         epsilon = 1.0 + (args.end_epsilon - 1.0) * decayed  # linear from 1 to end_epsilon
-        explore = rng.random() < epsilon
-        action = int(rng.integers(env.action_space.n)) if explore else greedy_action(q_net, stack, device)
-        next_step = emulator.submit(env.step, action)
+        action = int(rng.integers(n_actions)) if rng.random() < epsilon else greedy_action(actor, stack, device)
         if global_step - start_step >= learning_starts and global_step % args.train_frequency == 0:
-            b_obs, b_actions, b_returns, b_next_obs, b_terminated, b_discount = buffer.sample(
-                args.batch_size, device, args.n_step, args.gamma)
-            target = double_dqn_target(q_net, target_net, b_returns, b_next_obs, b_terminated, b_discount)
-            q = q_net(b_obs).gather(1, b_actions.unsqueeze(1)).squeeze(1)  # Q(s, a)
-            loss = F.smooth_l1_loss(q, target)  # Huber loss of the TD error y - Q(s, a)
-            optimizer.zero_grad()
-            loss.backward()
-            nn.utils.clip_grad_norm_(q_net.parameters(), args.max_grad_norm)
-            optimizer.step()
-            q_mean = q.detach().mean()
-        frame, reward, terminated, truncated, info = next_step.result()
+            loss, q_mean = update.result()  # the previous update has finished: the actor catches up
+            actor.load_state_dict(q_net.state_dict())
+            batch = buffer.sample(args.batch_size, device, args.n_step, args.gamma)
+            update = learner.submit(gradient_step, q_net, target_net, optimizer, batch, args.max_grad_norm)
+        frame, reward, terminated, truncated, info = env.step(action)
         global_step += 1
         if global_step % args.target_update_interval == 0:
+            update.result()  # never copy the network halfway through an update
             target_net.load_state_dict(q_net.state_dict())
         # On truncation (the in-game clock) `frame` is the real last state: the target bootstraps.
         buffer.add(action, reward * args.reward_scale, terminated, frame)
@@ -328,11 +328,11 @@ if __name__ == "__main__":
         if global_step % args.log_interval == 0:
             metrics.log(global_step, progress.steps_per_second(global_step), loss=loss.item(),
                         q_mean=q_mean.item(), epsilon=epsilon)
-            progress.print(global_step, recent_returns)
-            print(f"    x_pos: mean of last 20 episodes {np.mean(recent_x or [0]):.0f}", flush=True)
+            progress.print(global_step, recent_returns, f"x_pos {np.mean(recent_x or [0]):4.0f}")
         stopping = bool(stop)  # read once per step: a signal after this line is seen at the next one
         if stopping or args.save_model and (global_step % args.checkpoint_interval == 0
                                             or global_step == args.total_steps):
+            loss, q_mean = update.result()  # the networks and the optimizer are between updates
             save_checkpoint(checkpoint_path, {  # all --resume needs but the replay buffer (it refills)
                 "script": script, "q_net": q_net.state_dict(), "target_net": target_net.state_dict(),
                 "optimizer": optimizer.state_dict(), "global_step": global_step, "time_s": metrics.elapsed(),
@@ -340,7 +340,7 @@ if __name__ == "__main__":
                 "args": asdict(args)})
             save_checkpoint(os.path.join(run_dir, "weights.pt"),  # the network alone, to share
                             {"script": script, "q_net": q_net.state_dict(), "args": asdict(args)})
-    emulator.shutdown()
+    learner.shutdown()  # waits for the last update
     metrics.close(y="x_pos")
     if stopping:
         stop.exit(global_step, checkpoint_path)

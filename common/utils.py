@@ -76,7 +76,7 @@ def check_env_id(env_id: str) -> str:
 
 
 class Progress:
-    """Prints `step | mean recent return | steps/s | ETA` on one line per call."""
+    """Prints `step | mean recent return | [extra |] steps/s | ETA` on one line per call."""
 
     def __init__(self, total_steps: int, start_step: int = 0):
         self.total_steps, self.start_step = total_steps, start_step
@@ -85,9 +85,9 @@ class Progress:
     def steps_per_second(self, step: int) -> float:
         return (step - self.start_step) / max(time.perf_counter() - self.start_time, 1e-9)
 
-    def print(self, step: int, recent_returns) -> None:
+    def print(self, step: int, recent_returns, extra: str = "") -> None:
         sps = self.steps_per_second(step)
         mean = f"{np.mean(recent_returns):8.2f}" if len(recent_returns) else "     n/a"
         eta = (self.total_steps - step) / max(sps, 1e-9)
-        print(f"step {step:>9}/{self.total_steps} | return {mean} | {sps:7.0f} steps/s | "
-              f"ETA {int(eta) // 60:d}m{int(eta) % 60:02d}s", flush=True)
+        print(f"step {step:>9}/{self.total_steps} | return {mean} | {extra + ' | ' if extra else ''}"
+              f"{sps:7.0f} steps/s | ETA {int(eta) // 60:d}m{int(eta) % 60:02d}s", flush=True)
