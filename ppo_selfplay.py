@@ -24,7 +24,7 @@ from common.video import VideoWriter
 # The table is the unit square; player 0 defends x = 0, player 1 defends x = 1. Speeds are per step.
 PADDLE_HALF, PADDLE_SPEED, BALL_RADIUS = 0.1, 0.01, 0.01
 SERVE_SPEED, SPEEDUP, MAX_SPEED, MAX_ANGLE = 0.02, 1.15, 0.06, 1.0  # MAX_ANGLE in radians
-OBS_DIM, N_ACTIONS, HIDDEN = 9, 3, 64  # actions: 0 up (y decreases), 1 stay, 2 down; HIDDEN: layer width
+OBS_DIM, N_ACTIONS, HIDDEN = 10, 3, 64  # actions: 0 up (y decreases), 1 stay, 2 down; HIDDEN: layer width
 
 
 class PongDuel:
@@ -43,16 +43,21 @@ class PongDuel:
                                     side * SERVE_SPEED * np.cos(angle), SERVE_SPEED * np.sin(angle)], 1)
 
     def observe(self) -> tuple[np.ndarray, np.ndarray]:
-        """Each player's view, own goal on the left (player 1 sees the table mirrored in x), plus two reads
-        of the ball's path: where it meets the goal line it heads for, how far a paddle can move by then."""
+        """Each player's view, own goal on the left (player 1 sees the table mirrored in x), plus three reads
+        of the ball's path: where it meets the goal line it heads for, how far a paddle can move by then, and
+        where it lands on the other line if the paddle there stays put (hit as step() hits it)."""
         x, y, vx, vy = self.ball.T
-        steps = np.where(vx > 0, 1 - x, x) / np.maximum(np.abs(vx), 1e-6)
-        arrival = 1 - np.abs(1 - np.mod(y + vy * steps, 2))  # the straight path, folded at the walls
-        # ball x, y, vx, vy, own paddle, other paddle, time left, arrival, reach (mirrored: -x, -vx, swap)
+        steps = np.where(vx > 0, 1 - x, x) / np.maximum(np.abs(vx), 1e-6)  # to the goal line it heads for
+        fold = lambda height: 1 - np.abs(1 - np.mod(height, 2))  # a straight path's height, after the walls
+        arrival, hit_steps = fold(y + vy * steps), np.floor(steps) + 1  # step() meets it one step past the line
+        hit = fold(y + vy * hit_steps)
+        offset = (hit - self.paddles[np.arange(self.n), (vx > 0).astype(int)]) / (PADDLE_HALF + BALL_RADIUS)
+        returned = fold(hit + np.tan(np.clip(offset, -1, 1) * MAX_ANGLE) * (1 - (hit_steps - steps) * np.abs(vx)))
+        # ball x, y, vx, vy, own paddle, other paddle, time left, arrival, reach, return (mirrored: -x, -vx, swap)
         obs0 = np.stack([2 * x - 1, 2 * y - 1, vx / MAX_SPEED, vy / MAX_SPEED, *(2 * self.paddles.T - 1),
-                         1 - self.t / self.max_steps, 2 * arrival - 1, 2 * PADDLE_SPEED * steps], 1)
-        obs0 = obs0.astype(np.float32)
-        return obs0, obs0[:, [0, 1, 2, 3, 5, 4, 6, 7, 8]] * np.float32([-1, 1, -1, 1, 1, 1, 1, 1, 1])
+                         1 - self.t / self.max_steps, 2 * arrival - 1, 2 * PADDLE_SPEED * steps, 2 * returned - 1],
+                        1, dtype=np.float32)
+        return obs0, obs0[:, [0, 1, 2, 3, 5, 4, 6, 7, 8, 9]] * np.float32([-1, 1, -1, 1, 1, 1, 1, 1, 1, 1])
 
     def step(self, a0, a1) -> tuple[np.ndarray, ...]:
         """Player 0's reward, game-over flags and both views after one step; finished games restart."""
@@ -101,7 +106,7 @@ def scripted(aim=0.7, react=1.0, shadow=0.0, noise=0.0, lazy=0.0):
     opponent) and off by up to `noise` (one error per flight), once it comes at it nearer than `react`
     tables; until then goes to `shadow` x the ball's height (0: the centre). Stays put in a share `lazy`."""
     def act(obs):
-        x, y, vx, vy, own, other, _, arrival, _ = obs.T
+        x, y, vx, vy, own, other, _, arrival, *_ = obs.T
         error = noise * np.sin(1e3 * np.abs(vx) + 1e2 * np.abs(vy))  # a pseudo-random draw per flight
         target = arrival + error + aim * 2 * PADDLE_HALF * np.sign(other)
         action = _toward(np.where((vx < 0) & ((x + 1) / 2 <= react), target, shadow * y), own)

@@ -74,6 +74,29 @@ def test_arrival_and_reach_features():
     assert np.all(np.abs(height - arrival) <= np.abs(vy) + 1e-6)  # it crosses between two steps
 
 
+def test_return_feature_is_where_the_return_will_arrive():
+    """With both paddles still, the `return` read before a hit is the arrival point the observation gives
+    right after it, on the other goal line, for every angle the paddle can give."""
+    env, n = m.PongDuel(256, seed=3), 256
+    rng = np.random.default_rng(2)
+    random_state(env, rng)
+    env.ball[:, 2] = np.where(env.ball[:, 2] < 0, -1, 1) * np.maximum(np.abs(env.ball[:, 2]), 0.01)
+    obs0, _ = env.observe()
+    heading = (env.ball[:, 2] > 0).astype(int)
+    hit_at = (obs0[:, 7] + 1) / 2 + rng.uniform(-0.1, 0.1, n)  # any point of the paddle, so any angle
+    env.paddles[np.arange(n), heading] = np.clip(hit_at, m.PADDLE_HALF, 1 - m.PADDLE_HALF)
+    predicted, arrived, missed = env.observe()[0][:, 9], np.full(n, np.nan), np.zeros(n, dtype=bool)
+    for _ in range(100):
+        vx = env.ball[:, 2].copy()
+        reward, *_, obs0, _ = env.step(np.ones(n, int), np.ones(n, int))
+        missed |= (reward != 0) & np.isnan(arrived)  # past the paddle's edge: a point, not a return
+        first = (np.sign(env.ball[:, 2]) != np.sign(vx)) & np.isnan(arrived) & ~missed
+        arrived[first] = obs0[first, 7]
+    returned = ~np.isnan(arrived)
+    assert returned.sum() > 200
+    np.testing.assert_allclose(arrived[returned], predicted[returned], atol=1e-5)
+
+
 def test_scoring_hits_and_game_end():
     env = m.PongDuel(3, seed=0, score_limit=2)
     # Game 0: player 0 misses. Game 1: player 0 hits off-centre. Game 2: player 1 misses its last point.
@@ -249,15 +272,16 @@ def test_sigterm_saves_the_whole_run_and_resume_goes_on(run_script, tmp_path):
     assert f"stopped by SIGTERM at step {update * BATCH}" in text
     assert state["level"] == n_bots and state["best_actor"] is not None and state["best_score"] >= 0
     assert {f"beat_{bot}" for bot in m.BOTS} < set(state["snapshots"]) <= set(state["elo"])
-    # Six updates: 192 steps of new games, enough for the first ones to end (5 points, ~130 steps).
-    result, resumed, rows = resume(run_script, tmp_path, state, 6, "--save-model")
+    # 12 updates: 384 steps of new games, enough for the first ones to end (5 points, 130 steps or more).
+    more = 12
+    result, resumed, rows = resume(run_script, tmp_path, state, more, "--save-model")
     assert f"at update {update}, curriculum level {n_bots}" in result.stdout
     logged = [int(r["global_step"]) for r in rows if r["kind"] == "log"]
-    assert logged == [(update + k) * BATCH for k in range(1, 7)]
+    assert logged == [(update + k) * BATCH for k in range(1, more + 1)]
     first = next(r for r in rows if r["kind"] == "episode")  # one game: the rating moves by K = 16 at most
     assert int(first["level"]) == n_bots and abs(float(first["elo"]) - state["elo"]["learner"]) <= 16
     final = torch.load(os.path.join(resumed, "checkpoint.pt"), weights_only=True)
-    assert final["update"] == update + 6 and final["level"] == n_bots
+    assert final["update"] == update + more and final["level"] == n_bots
     assert final["best_score"] >= state["best_score"] and set(state["elo"]) <= set(final["elo"])
     for name, weights in state["snapshots"].items():  # the pool came back as it was saved
         assert all(torch.equal(weights[key], final["snapshots"][name][key]) for key in weights)
