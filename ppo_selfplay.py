@@ -139,7 +139,7 @@ VALIDATION, HELD_OUT = family("val_", 8, seed=1), family("held_out_", 12, seed=2
 
 @dataclass
 class Args:
-    total_steps: int = 38_000_000
+    total_steps: int = 30_000_000
     """learner steps (one per game per step), rounded up to whole rollouts"""
     seed: int = 1
     """seed of the games, the networks, the bots and the opponent sampling"""
