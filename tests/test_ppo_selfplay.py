@@ -272,8 +272,8 @@ def test_sigterm_saves_the_whole_run_and_resume_goes_on(run_script, tmp_path):
     assert f"stopped by SIGTERM at step {update * BATCH}" in text
     assert state["level"] == n_bots and state["best_actor"] is not None and state["best_score"] >= 0
     assert {f"beat_{bot}" for bot in m.BOTS} < set(state["snapshots"]) <= set(state["elo"])
-    # 12 updates: 384 steps of new games, enough for the first ones to end (5 points, 130 steps or more).
-    more = 12
+    # 63 updates: 2,016 steps of new games, so that games end (at 5 points, or a draw at 2,000 steps).
+    more = 63
     result, resumed, rows = resume(run_script, tmp_path, state, more, "--save-model")
     assert f"at update {update}, curriculum level {n_bots}" in result.stdout
     logged = [int(r["global_step"]) for r in rows if r["kind"] == "log"]
