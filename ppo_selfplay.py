@@ -51,7 +51,7 @@ class PongDuel:
         fold = lambda height: 1 - np.abs(1 - np.mod(height, 2))  # a straight path's height, after the walls
         arrival, hit_steps = fold(y + vy * steps), np.floor(steps) + 1  # step() meets it one step past the line
         hit = fold(y + vy * hit_steps)
-        offset = (hit - self.paddles[np.arange(self.n), (vx > 0).astype(int)]) / (PADDLE_HALF + BALL_RADIUS)
+        offset = (hit - np.where(vx > 0, self.paddles[:, 1], self.paddles[:, 0])) / (PADDLE_HALF + BALL_RADIUS)
         returned = fold(hit + np.tan(np.clip(offset, -1, 1) * MAX_ANGLE) * (1 - (hit_steps - steps) * np.abs(vx)))
         # ball x, y, vx, vy, own paddle, other paddle, time left, arrival, reach, return (mirrored: -x, -vx, swap)
         obs0 = np.stack([2 * x - 1, 2 * y - 1, vx / MAX_SPEED, vy / MAX_SPEED, *(2 * self.paddles.T - 1),
