@@ -12,6 +12,7 @@ episodes is kept and scored on fresh ones. docs/lunarlander_nstep_ac.md has the 
     python lunarlander_nstep_ac.py --eval-checkpoint runs/<run>/checkpoint.pt
     python lunarlander_nstep_ac.py --help
 """
+
 import copy
 import os
 from collections import deque
@@ -82,9 +83,19 @@ class Args:
 
     def __post_init__(self):
         check_env_id(self.env_id)
-        for name in ("total_steps", "log_interval", "num_envs", "n_steps", "hidden_size",
-                     "select_interval", "select_episodes", "learning_rate", "vf_coef", "max_grad_norm",
-                     "reward_scale"):
+        for name in (
+            "total_steps",
+            "log_interval",
+            "num_envs",
+            "n_steps",
+            "hidden_size",
+            "select_interval",
+            "select_episodes",
+            "learning_rate",
+            "vf_coef",
+            "max_grad_norm",
+            "reward_scale",
+        ):
             if not getattr(self, name) > 0:  # `not >` also rejects nan
                 raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
         if not (min(self.eval_episodes, self.ent_coef, self.target_kl) >= 0 and 0 <= self.gamma <= 1):
@@ -95,8 +106,12 @@ def make_envs(env_id: str, num_envs: int, reward_scale: float):
     # SAME_STEP autoreset: a finished episode's env resets inside step(), the returned obs is the
     # new episode's first one and info["final_obs"] is the real last state, which a truncated
     # episode bootstraps from. (The default NEXT_STEP mode would insert a reset step instead.)
-    envs = gym.make_vec(env_id, num_envs, vectorization_mode="sync",
-                        vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP})
+    envs = gym.make_vec(
+        env_id,
+        num_envs,
+        vectorization_mode="sync",
+        vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP},
+    )
     envs = gym.wrappers.vector.RecordEpisodeStatistics(envs)  # raw returns, before scaling
     # LunarLander's ±100 rewards would give the critic targets in the hundreds, which it fits far
     # too slowly. A constant scale keeps the targets' meaning fixed (a running std drifts 2x).
@@ -122,19 +137,25 @@ class ActorCritic(nn.Module):
         self.register_buffer("obs_mean", torch.zeros(obs_dim))
         self.register_buffer("obs_var", torch.ones(obs_dim))
         self.register_buffer("obs_count", torch.tensor(1e-4))
-        self.actor = nn.Sequential(layer(obs_dim, hidden, 2**0.5), nn.Tanh(),
-                                   layer(hidden, hidden, 2**0.5), nn.Tanh(),
-                                   layer(hidden, n_actions, 0.01))
-        self.critic = nn.Sequential(layer(obs_dim, hidden, 2**0.5), nn.Tanh(),
-                                    layer(hidden, hidden, 2**0.5), nn.Tanh(),
-                                    layer(hidden, 1, 1.0))
+        self.actor = nn.Sequential(
+            layer(obs_dim, hidden, 2**0.5),
+            nn.Tanh(),
+            layer(hidden, hidden, 2**0.5),
+            nn.Tanh(),
+            layer(hidden, n_actions, 0.01),
+        )
+        self.critic = nn.Sequential(
+            layer(obs_dim, hidden, 2**0.5), nn.Tanh(), layer(hidden, hidden, 2**0.5), nn.Tanh(), layer(hidden, 1, 1.0)
+        )
 
     def update_obs_stats(self, obs: torch.Tensor) -> None:
         """Merge a batch into the running mean and variance (Chan et al.'s parallel update)."""
         n, total = obs.shape[0], self.obs_count + obs.shape[0]
         delta = obs.mean(0) - self.obs_mean
-        self.obs_var.copy_((self.obs_var * self.obs_count + obs.var(0, unbiased=False) * n
-                            + delta**2 * self.obs_count * n / total) / total)
+        self.obs_var.copy_(
+            (self.obs_var * self.obs_count + obs.var(0, unbiased=False) * n + delta**2 * self.obs_count * n / total)
+            / total
+        )
         self.obs_mean.add_(delta * n / total)
         self.obs_count.copy_(total)
 
@@ -175,8 +196,12 @@ def actor_critic_loss(model, obs, actions, returns, args: Args):
     value_loss = 0.5 * (returns - values).pow(2).mean()  # ½ E[(G_t - V(s_t))²]
     entropy = dist.entropy().mean()
     loss = policy_loss + args.vf_coef * value_loss - args.ent_coef * entropy
-    return loss, logits.detach(), values.detach(), {
-        "policy_loss": policy_loss.item(), "value_loss": value_loss.item(), "entropy": entropy.item()}
+    return (
+        loss,
+        logits.detach(),
+        values.detach(),
+        {"policy_loss": policy_loss.item(), "value_loss": value_loss.item(), "entropy": entropy.item()},
+    )
 
 
 def explained_variance(values: torch.Tensor, returns: torch.Tensor) -> float:
@@ -199,17 +224,19 @@ def update(model, optimizer, obs, actions, returns, args: Args) -> dict:
     optimizer.step()
     with torch.no_grad():
         new_logits = model.logits(obs)
-    return {**logged, "explained_variance": explained_variance(values, returns),
-            "kl": kl_divergence(old_logits, new_logits), "grad_norm": grad_norm.item()}
+    return {
+        **logged,
+        "explained_variance": explained_variance(values, returns),
+        "kl": kl_divergence(old_logits, new_logits),
+        "grad_norm": grad_norm.item(),
+    }
 
 
 @torch.no_grad()
-def evaluate(model, env_id: str, episodes: int, seed: int, device, greedy: bool = True,
-             video_path=None) -> list[float]:
+def evaluate(model, env_id: str, episodes: int, seed: int, device, greedy: bool = True, video_path=None) -> list[float]:
     """Returns of `episodes` episodes played side by side, one per env (env i seeded `seed + i`),
     greedily or sampling from π; the first is recorded when `video_path` is set."""
-    envs = gym.make_vec(env_id, episodes, vectorization_mode="sync",
-                        render_mode="rgb_array" if video_path else None)
+    envs = gym.make_vec(env_id, episodes, vectorization_mode="sync", render_mode="rgb_array" if video_path else None)
     video = VideoWriter(video_path or "", fps=envs.metadata.get("render_fps", 30))  # no add(): no file
     obs, _ = envs.reset(seed=seed)
     returns, running = np.zeros(episodes), np.ones(episodes, dtype=bool)
@@ -231,10 +258,14 @@ def final_evaluation(model, args: Args, device, run_dir: str, kept_step: int, vi
     seed = 2_000_000 + 1_000 * args.seed
     greedy = evaluate(model, args.env_id, args.eval_episodes, seed, device, True, video_path)
     sampled = evaluate(model, args.env_id, args.eval_episodes, seed, device, False)
-    mean = write_evaluation(run_dir, greedy, sampled_mean_return=float(np.mean(sampled)),
-                            sampled_returns=sampled, kept_step=kept_step)
-    print(f"kept model (step {kept_step}) over {len(greedy)} fresh episodes: greedy mean return "
-          f"{mean:.2f} (worst {min(greedy):.1f}), sampled {np.mean(sampled):.2f}", flush=True)
+    mean = write_evaluation(
+        run_dir, greedy, sampled_mean_return=float(np.mean(sampled)), sampled_returns=sampled, kept_step=kept_step
+    )
+    print(
+        f"kept model (step {kept_step}) over {len(greedy)} fresh episodes: greedy mean return "
+        f"{mean:.2f} (worst {min(greedy):.1f}), sampled {np.mean(sampled):.2f}",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":
@@ -256,8 +287,7 @@ if __name__ == "__main__":
 
     if args.eval_checkpoint:
         model.load_state_dict(state["kept_model"])
-        final_evaluation(model, args, device, run_dir, state["kept_step"],
-                         os.path.join(run_dir, "videos", "eval.mp4"))
+        final_evaluation(model, args, device, run_dir, state["kept_step"], os.path.join(run_dir, "videos", "eval.mp4"))
         raise SystemExit(0)
 
     optimizer = torch.optim.Adam(model.parameters(), lr=args.learning_rate)
@@ -275,8 +305,9 @@ if __name__ == "__main__":
     b_rewards, b_terminated, b_final_values = (torch.zeros((T, N), device=device) for _ in range(3))
     b_truncated = torch.zeros((T, N), dtype=torch.bool, device=device)
     diagnostics = ("policy_loss", "value_loss", "entropy", "explained_variance", "kl", "grad_norm")
-    metrics = MetricsWriter(run_dir, (*diagnostics, "learning_rate", "reward_scale", "time_limit_share",
-                                      "val_return"), start_time)
+    metrics = MetricsWriter(
+        run_dir, (*diagnostics, "learning_rate", "reward_scale", "time_limit_share", "val_return"), start_time
+    )
     progress = Progress(args.total_steps, global_step)
     recent_returns, recent_updates, recent_time_limits = deque(maxlen=100), [], []
     next_log = (global_step // args.log_interval + 1) * args.log_interval
@@ -298,18 +329,17 @@ if __name__ == "__main__":
                 if b_truncated[t].any():  # hit the time limit: bootstrap from the true last state
                     final_obs = np.stack(info["final_obs"][truncated & ~terminated])
                     b_final_values[t, b_truncated[t]] = model.value(
-                        torch.as_tensor(final_obs, dtype=torch.float32, device=device))
+                        torch.as_tensor(final_obs, dtype=torch.float32, device=device)
+                    )
                 obs = torch.as_tensor(next_obs, dtype=torch.float32, device=device)
                 global_step += N
                 for i in np.nonzero(info.get("_episode", np.zeros(N, bool)))[0]:
                     recent_returns.append(float(info["episode"]["r"][i]))
                     recent_time_limits.append(bool(truncated[i] and not terminated[i]))
                     metrics.episode(global_step, recent_returns[-1], int(info["episode"]["l"][i]))
-            returns = nstep_returns(b_rewards, b_terminated, b_truncated, b_final_values,
-                                    model.value(obs), args.gamma)
+            returns = nstep_returns(b_rewards, b_terminated, b_truncated, b_final_values, model.value(obs), args.gamma)
         flat_obs = b_obs.reshape(T * N, obs_dim)
-        recent_updates.append(update(model, optimizer, flat_obs, b_actions.reshape(-1),
-                                     returns.reshape(-1), args))
+        recent_updates.append(update(model, optimizer, flat_obs, b_actions.reshape(-1), returns.reshape(-1), args))
         if args.target_kl > 0:  # the KL brake: a step that moved π too far slows the next ones
             if recent_updates[-1]["kl"] > 2 * args.target_kl:
                 kl_brake /= 1.5
@@ -318,18 +348,27 @@ if __name__ == "__main__":
         model.update_obs_stats(flat_obs)  # after the update, which used the rollout's statistics
         if global_step >= next_select or global_step >= args.total_steps:
             next_select += args.select_interval
-            val_return = float(np.mean(evaluate(model, args.env_id, args.select_episodes,
-                                                1_000_000 + 1_000 * args.seed, device)))
+            val_return = float(
+                np.mean(evaluate(model, args.env_id, args.select_episodes, 1_000_000 + 1_000 * args.seed, device))
+            )
             if val_return > kept_return:
                 kept, kept_step, kept_return = copy.deepcopy(model.state_dict()), global_step, val_return
             metrics.log(global_step, progress.steps_per_second(global_step), val_return=val_return)
-            print(f"validation at step {global_step}: greedy mean {val_return:.1f} "
-                  f"(kept: step {kept_step}, {kept_return:.1f})", flush=True)
+            print(
+                f"validation at step {global_step}: greedy mean {val_return:.1f} "
+                f"(kept: step {kept_step}, {kept_return:.1f})",
+                flush=True,
+            )
         if global_step >= next_log:
             next_log += args.log_interval
-            metrics.log(global_step, progress.steps_per_second(global_step), learning_rate=lr,
-                        reward_scale=args.reward_scale, time_limit_share=np.mean(recent_time_limits or [0]),
-                        **{k: float(np.mean([u[k] for u in recent_updates])) for k in diagnostics})
+            metrics.log(
+                global_step,
+                progress.steps_per_second(global_step),
+                learning_rate=lr,
+                reward_scale=args.reward_scale,
+                time_limit_share=np.mean(recent_time_limits or [0]),
+                **{k: float(np.mean([u[k] for u in recent_updates])) for k in diagnostics},
+            )
             recent_updates, recent_time_limits = [], []
             progress.print(global_step, recent_returns)
     envs.close()
@@ -337,11 +376,21 @@ if __name__ == "__main__":
 
     checkpoint_path = os.path.join(run_dir, "checkpoint.pt")
     if args.save_model or stop:
-        save_checkpoint(checkpoint_path, {
-            "script": script, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "global_step": global_step, "time_s": metrics.elapsed(), "args": asdict(args),
-            "kept_model": kept, "kept_step": kept_step, "kept_return": float(kept_return),
-            "kl_brake": kl_brake})
+        save_checkpoint(
+            checkpoint_path,
+            {
+                "script": script,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "global_step": global_step,
+                "time_s": metrics.elapsed(),
+                "args": asdict(args),
+                "kept_model": kept,
+                "kept_step": kept_step,
+                "kept_return": float(kept_return),
+                "kl_brake": kl_brake,
+            },
+        )
     if stop:
         stop.exit(global_step, checkpoint_path)
     if args.eval_episodes > 0:

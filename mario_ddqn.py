@@ -7,6 +7,7 @@ episode ends at the first life lost, the flag or the in-game clock (see common/m
     python mario_ddqn.py                             # train, then evaluate greedily; or --help
     python mario_ddqn.py --eval-checkpoint runs/<run>/weights.pt        # or a checkpoint.pt
 """
+
 import os
 import sys
 from collections import deque
@@ -89,9 +90,22 @@ class Args:
     """greedy episodes end after this many agent steps without a new best x_pos (stuck at a pipe)"""
 
     def __post_init__(self):  # messages short enough for tyro's one-line box
-        for name in ("total_steps", "buffer_size", "batch_size", "target_update_interval", "n_step",
-                     "frame_skip", "train_frequency", "log_interval", "eval_patience", "checkpoint_interval",
-                     "exploration_steps", "learning_rate", "max_grad_norm", "reward_scale"):
+        for name in (
+            "total_steps",
+            "buffer_size",
+            "batch_size",
+            "target_update_interval",
+            "n_step",
+            "frame_skip",
+            "train_frequency",
+            "log_interval",
+            "eval_patience",
+            "checkpoint_interval",
+            "exploration_steps",
+            "learning_rate",
+            "max_grad_norm",
+            "reward_scale",
+        ):
             if not getattr(self, name) > 0:  # `not >` also rejects nan
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if min(self.eval_episodes, self.learning_starts, self.train_noops) < 0:
@@ -177,11 +191,10 @@ class FrameReplayBuffer:
         for k in range(1, n_step):
             following = (last + 1) % self.capacity
             extend = (steps == k) & (self.terminated[last] == 0) & self.valid[following]
-            returns += np.where(extend, gamma ** k * self.rewards[following], 0.0)
+            returns += np.where(extend, gamma**k * self.rewards[following], 0.0)
             last, steps = np.where(extend, following, last), steps + extend
         obs, next_obs = self.frames[self.stacked(i)], self.frames[self.stacked((last + 1) % self.capacity)]
-        arrays = (obs, self.actions[i], returns, next_obs, self.terminated[last],
-                  (gamma ** steps).astype(np.float32))
+        arrays = (obs, self.actions[i], returns, next_obs, self.terminated[last], (gamma**steps).astype(np.float32))
         return tuple(torch.as_tensor(a, device=device) for a in arrays)
 
 
@@ -191,8 +204,15 @@ class QNetwork(nn.Module):
     def __init__(self, n_actions: int, stack: int = 4):
         super().__init__()
         self.net = nn.Sequential(
-            nn.Conv2d(stack, 16, 8, stride=4), nn.ReLU(), nn.Conv2d(16, 32, 4, stride=2), nn.ReLU(),
-            nn.Flatten(), nn.Linear(32 * 9 * 9, 256), nn.ReLU(), nn.Linear(256, n_actions))
+            nn.Conv2d(stack, 16, 8, stride=4),
+            nn.ReLU(),
+            nn.Conv2d(16, 32, 4, stride=2),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(32 * 9 * 9, 256),
+            nn.ReLU(),
+            nn.Linear(256, n_actions),
+        )
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return self.net(obs.float() / 255.0)
@@ -239,14 +259,23 @@ def evaluate(q_net, env, args, episodes: int, device, run_dir: str, stop, record
             stack, total, length = np.concatenate([stack[1:], frame[None]]), total + reward, length + 1
             since_best, best_x = (0, info["x_pos"]) if info["x_pos"] > best_x else (since_best + 1, best_x)
             done = terminated or truncated
-        results.append({"noops": noops, "return": total, "length": length,
-                        **{k: info[k] for k in ("x_pos", "flag_get")}})
+        results.append(
+            {"noops": noops, "return": total, "length": length, **{k: info[k] for k in ("x_pos", "flag_get")}}
+        )
     video.close()  # nothing to close unless recorded
     x_pos, flags = [r["x_pos"] for r in results], sum(r["flag_get"] for r in results)
-    mean = write_evaluation(run_dir, [r["return"] for r in results], flags=flags, results=results,
-                            mean_x_pos=float(np.mean(x_pos)) if x_pos else float("nan"))
-    print(f"greedy evaluation over {len(results)} episodes (no-op frames {[r['noops'] for r in results]}): "
-          f"mean return {mean:.1f}, x_pos {x_pos}, flags {flags}/{len(results)}", flush=True)
+    mean = write_evaluation(
+        run_dir,
+        [r["return"] for r in results],
+        flags=flags,
+        results=results,
+        mean_x_pos=float(np.mean(x_pos)) if x_pos else float("nan"),
+    )
+    print(
+        f"greedy evaluation over {len(results)} episodes (no-op frames {[r['noops'] for r in results]}): "
+        f"mean return {mean:.1f}, x_pos {x_pos}, flags {flags}/{len(results)}",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":
@@ -323,23 +352,42 @@ if __name__ == "__main__":
         if done:
             recent_returns.append(episode_return)
             recent_x.append(info["x_pos"])
-            metrics.episode(global_step, episode_return, episode_length, x_pos=info["x_pos"],
-                            flag_get=int(info["flag_get"]))
+            metrics.episode(
+                global_step, episode_return, episode_length, x_pos=info["x_pos"], flag_get=int(info["flag_get"])
+            )
         if global_step % args.log_interval == 0:
-            metrics.log(global_step, progress.steps_per_second(global_step), loss=loss.item(),
-                        q_mean=q_mean.item(), epsilon=epsilon)
+            metrics.log(
+                global_step,
+                progress.steps_per_second(global_step),
+                loss=loss.item(),
+                q_mean=q_mean.item(),
+                epsilon=epsilon,
+            )
             progress.print(global_step, recent_returns, f"x_pos {np.mean(recent_x or [0]):4.0f}")
         stopping = bool(stop)  # read once per step: a signal after this line is seen at the next one
-        if stopping or args.save_model and (global_step % args.checkpoint_interval == 0
-                                            or global_step == args.total_steps):
+        if (
+            stopping
+            or args.save_model
+            and (global_step % args.checkpoint_interval == 0 or global_step == args.total_steps)
+        ):
             loss, q_mean = update.result()  # the networks and the optimizer are between updates
-            save_checkpoint(checkpoint_path, {  # all --resume needs but the replay buffer (it refills)
-                "script": script, "q_net": q_net.state_dict(), "target_net": target_net.state_dict(),
-                "optimizer": optimizer.state_dict(), "global_step": global_step, "time_s": metrics.elapsed(),
-                "rng": {"explore": rng.bit_generator.state, "replay": buffer.rng.bit_generator.state},
-                "args": asdict(args)})
-            save_checkpoint(os.path.join(run_dir, "weights.pt"),  # the network alone, to share
-                            {"script": script, "q_net": q_net.state_dict(), "args": asdict(args)})
+            save_checkpoint(
+                checkpoint_path,
+                {  # all --resume needs but the replay buffer (it refills)
+                    "script": script,
+                    "q_net": q_net.state_dict(),
+                    "target_net": target_net.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "global_step": global_step,
+                    "time_s": metrics.elapsed(),
+                    "rng": {"explore": rng.bit_generator.state, "replay": buffer.rng.bit_generator.state},
+                    "args": asdict(args),
+                },
+            )
+            save_checkpoint(
+                os.path.join(run_dir, "weights.pt"),  # the network alone, to share
+                {"script": script, "q_net": q_net.state_dict(), "args": asdict(args)},
+            )
     learner.shutdown()  # waits for the last update
     metrics.close(y="x_pos")
     if stopping:

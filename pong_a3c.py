@@ -14,6 +14,7 @@ Env: ale-py's AtariVectorEnv preprocesses in C++: 4 frames per action (max of th
 84x84, 4 stacked, up to 30 no-op starts, FIRE on reset, 108k frames at most; no sticky actions by default
 (the A3C paper's Pong; `--sticky-actions 0.25` gives ALE v5's). Rewards are clipped for learning only.
 """
+
 import os
 import queue as queue_lib
 import time
@@ -86,16 +87,26 @@ class Args:
         if self.env_id not in games and rom_name(check_env_id(self.env_id)) not in games:
             raise ValueError(f"--env-id {self.env_id}: not an ALE game")
         envs, inf = max(self.envs_per_worker, 1), float("inf")
-        for name, low, high in (("total_steps", 1, inf), ("log_interval", 1, inf), ("eval_max_steps", 1, inf),
-                                ("eval_episodes", 0, inf), ("eval_interval", 0, inf), ("gamma", 0, 1),
-                                ("learning_rate", 1e-7, 1), ("max_grad_norm", 1e-7, inf),
-                                ("ent_coef", 0, 1e3), ("vf_coef", 0, 1e3), ("sticky_actions", 0, 0.99),
-                                # a worker is a process with torch loaded: more than 4 per core only contend
-                                ("n_workers", 1, 4 * (os.cpu_count() or 1)),
-                                # a rollout keeps n_steps x envs_per_worker observations of 28 kB
-                                ("envs_per_worker", 1, 4096), ("n_steps", 1, 4096 // envs),
-                                # env i of worker w is seeded with (seed + w) * envs_per_worker + i: int32
-                                ("seed", 0, 2 ** 31 // envs - self.n_workers - 1)):
+        for name, low, high in (
+            ("total_steps", 1, inf),
+            ("log_interval", 1, inf),
+            ("eval_max_steps", 1, inf),
+            ("eval_episodes", 0, inf),
+            ("eval_interval", 0, inf),
+            ("gamma", 0, 1),
+            ("learning_rate", 1e-7, 1),
+            ("max_grad_norm", 1e-7, inf),
+            ("ent_coef", 0, 1e3),
+            ("vf_coef", 0, 1e3),
+            ("sticky_actions", 0, 0.99),
+            # a worker is a process with torch loaded: more than 4 per core only contend
+            ("n_workers", 1, 4 * (os.cpu_count() or 1)),
+            # a rollout keeps n_steps x envs_per_worker observations of 28 kB
+            ("envs_per_worker", 1, 4096),
+            ("n_steps", 1, 4096 // envs),
+            # env i of worker w is seeded with (seed + w) * envs_per_worker + i: int32
+            ("seed", 0, 2**31 // envs - self.n_workers - 1),
+        ):
             if not low <= (value := getattr(self, name)) <= high:  # NaN fails too
                 raise ValueError(f"--{name.replace('_', '-')} must be in [{low}, {high}], got {value}")
         if missing := [p for p in (self.eval_checkpoint, self.resume) if p and not os.path.isfile(p)]:
@@ -103,7 +114,7 @@ class Args:
 
 
 def rom_name(env_id: str) -> str:
-    """"ALE/MsPacman-v5" -> "ms_pacman", the ROM name ale-py's vector env expects."""
+    """ "ALE/MsPacman-v5" -> "ms_pacman", the ROM name ale-py's vector env expects."""
     name = env_id.split("/")[-1].split("-")[0]
     return "".join("_" + c.lower() if c.isupper() else c for c in name).lstrip("_")
 
@@ -111,12 +122,18 @@ def rom_name(env_id: str) -> str:
 def make_env(args: Args, num_envs: int = 1, colour: bool = False) -> AtariVectorEnv:
     # SAME_STEP autoreset: an episode's last step returns the next one's first obs, no reset step
     screen = dict(grayscale=False, img_height=210, img_width=160, stack_num=1) if colour else {}  # RGB
-    return AtariVectorEnv(rom_name(args.env_id), num_envs=num_envs, num_threads=1,
-                          repeat_action_probability=args.sticky_actions, reward_clipping=False,
-                          autoreset_mode="SameStep", **screen)
+    return AtariVectorEnv(
+        rom_name(args.env_id),
+        num_envs=num_envs,
+        num_threads=1,
+        repeat_action_probability=args.sticky_actions,
+        reward_clipping=False,
+        autoreset_mode="SameStep",
+        **screen,
+    )
 
 
-def layer_init(layer: nn.Module, std: float = 2 ** 0.5) -> nn.Module:
+def layer_init(layer: nn.Module, std: float = 2**0.5) -> nn.Module:
     nn.init.orthogonal_(layer.weight, std)
     nn.init.zeros_(layer.bias)
     return layer
@@ -127,9 +144,15 @@ class ActorCritic(nn.Module):
 
     def __init__(self, n_actions: int):
         super().__init__()
-        self.trunk = nn.Sequential(layer_init(nn.Conv2d(4, 16, 8, stride=4)), nn.ReLU(),
-                                   layer_init(nn.Conv2d(16, 32, 4, stride=2)), nn.ReLU(),
-                                   nn.Flatten(), layer_init(nn.Linear(32 * 9 * 9, 256)), nn.ReLU())
+        self.trunk = nn.Sequential(
+            layer_init(nn.Conv2d(4, 16, 8, stride=4)),
+            nn.ReLU(),
+            layer_init(nn.Conv2d(16, 32, 4, stride=2)),
+            nn.ReLU(),
+            nn.Flatten(),
+            layer_init(nn.Linear(32 * 9 * 9, 256)),
+            nn.ReLU(),
+        )
         self.policy = layer_init(nn.Linear(256, n_actions), std=0.01)  # near-uniform π at first
         self.value = layer_init(nn.Linear(256, 1), std=1.0)
 
@@ -144,8 +167,7 @@ class SharedAdam(torch.optim.Adam):
     def __init__(self, params, lr: float):
         super().__init__(params, lr=lr, foreach=False)
         for p in self.param_groups[0]["params"]:
-            self.state[p] = {"step": torch.zeros(()), "exp_avg": torch.zeros_like(p),
-                             "exp_avg_sq": torch.zeros_like(p)}
+            self.state[p] = {"step": torch.zeros(()), "exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
         self.share_memory()
 
     def share_memory(self) -> None:  # again after load_state_dict, which replaces the tensors
@@ -204,8 +226,9 @@ def worker(rank, args, global_model, optimizer, steps, stop, queue, parent_pid):
         logits, values = model(np.concatenate(observations))  # time-major: rows t * envs + i
         last_value = model(obs)[1].detach().numpy()
         returns = nstep_returns(np.array(rewards, np.float32), np.array(dones), last_value, args.gamma)
-        loss, stats = a3c_loss(logits, values, torch.cat(actions), torch.from_numpy(returns).flatten(),
-                               args.vf_coef, args.ent_coef)
+        loss, stats = a3c_loss(
+            logits, values, torch.cat(actions), torch.from_numpy(returns).flatten(), args.vf_coef, args.ent_coef
+        )
         model.zero_grad()
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
@@ -255,9 +278,17 @@ def evaluator(args, n_actions, global_model, steps, stop, queue, parent_pid, run
 
 
 def write_checkpoint(run_dir, script, model, optimizer, step: int, metrics, args) -> None:
-    save_checkpoint(os.path.join(run_dir, "checkpoint.pt"), {
-        "script": script, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-        "global_step": step, "time_s": metrics.elapsed(), "args": asdict(args)})
+    save_checkpoint(
+        os.path.join(run_dir, "checkpoint.pt"),
+        {
+            "script": script,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "global_step": step,
+            "time_s": metrics.elapsed(),
+            "args": asdict(args),
+        },
+    )
 
 
 def report_evaluation(returns: list[float], run_dir: str) -> None:
@@ -279,8 +310,12 @@ if __name__ == "__main__":
     run_dir = make_run_dir(args.runs_dir, args.env_id, script, args.seed)
     print(f"run directory: {run_dir} | device: cpu | workers: {args.n_workers}", flush=True)
     if args.eval_checkpoint:
-        report_evaluation(evaluate(global_model, args, max(args.eval_episodes, 1), args.seed,
-                                   os.path.join(run_dir, "videos", "eval.mp4")), run_dir)
+        report_evaluation(
+            evaluate(
+                global_model, args, max(args.eval_episodes, 1), args.seed, os.path.join(run_dir, "videos", "eval.mp4")
+            ),
+            run_dir,
+        )
         raise SystemExit(0)
     optimizer = SharedAdam(global_model.parameters(), args.learning_rate)
     start_step, start_time = (state["global_step"], state["time_s"]) if args.resume else (0, 0.0)
@@ -292,12 +327,24 @@ if __name__ == "__main__":
     # No locks, so a killed child holds none: sum(steps) = steps before a resume + each worker's.
     steps = ctx.Array("q", [start_step] + [0] * args.n_workers, lock=False)
     children_stop, queue = ctx.Value("b", 0, lock=False), ctx.Queue()
-    children = [ctx.Process(target=worker, name=f"worker {rank}", daemon=True, args=(
-        rank, args, global_model, optimizer, steps, children_stop, queue, os.getpid()))
-        for rank in range(args.n_workers)]
+    children = [
+        ctx.Process(
+            target=worker,
+            name=f"worker {rank}",
+            daemon=True,
+            args=(rank, args, global_model, optimizer, steps, children_stop, queue, os.getpid()),
+        )
+        for rank in range(args.n_workers)
+    ]
     if 0 < args.eval_interval < args.total_steps:
-        children.append(ctx.Process(target=evaluator, name="evaluator", daemon=True, args=(
-            args, n_actions, global_model, steps, children_stop, queue, os.getpid(), run_dir)))
+        children.append(
+            ctx.Process(
+                target=evaluator,
+                name="evaluator",
+                daemon=True,
+                args=(args, n_actions, global_model, steps, children_stop, queue, os.getpid(), run_dir),
+            )
+        )
     metrics = MetricsWriter(run_dir, ("policy_loss", "value_loss", "entropy", "eval_return"), start_time)
     progress, recent_returns = Progress(args.total_steps, start_step), deque(maxlen=10)
     recent_losses, next_log, dead = deque(maxlen=100), args.log_interval, None
@@ -307,7 +354,7 @@ if __name__ == "__main__":
             for child in children:
                 child.start()
         print("training: Ctrl-C or SIGTERM stops it and saves a checkpoint to resume from", flush=True)
-        while not stop and dead is None and any(child.is_alive() for child in children[:args.n_workers]):
+        while not stop and dead is None and any(child.is_alive() for child in children[: args.n_workers]):
             try:
                 kind, *message = queue.get(timeout=0.5)
             except queue_lib.Empty:
@@ -337,11 +384,19 @@ if __name__ == "__main__":
             write_checkpoint(run_dir, script, global_model, optimizer, sum(steps), metrics, args)
         metrics.close()
     if dead is not None:
-        raise SystemExit(f"error: {dead.name} (pid {dead.pid}) died with exit code {dead.exitcode}; "
-                         f"stopped at step {sum(steps)}, checkpoint in {run_dir}")
+        raise SystemExit(
+            f"error: {dead.name} (pid {dead.pid}) died with exit code {dead.exitcode}; "
+            f"stopped at step {sum(steps)}, checkpoint in {run_dir}"
+        )
     if args.eval_episodes > 0 and not stop:
-        returns = evaluate(global_model, args, args.eval_episodes, args.seed + 1,
-                           os.path.join(run_dir, "videos", "eval.mp4") if args.capture_video else None, stop)
+        returns = evaluate(
+            global_model,
+            args,
+            args.eval_episodes,
+            args.seed + 1,
+            os.path.join(run_dir, "videos", "eval.mp4") if args.capture_video else None,
+            stop,
+        )
         if not stop:  # a Ctrl-C/SIGTERM during the final evaluation cuts it short: no report
             report_evaluation(returns, run_dir)
     if stop:

@@ -4,6 +4,7 @@ pool of past snapshots; the best model against validation bots is kept and score
     python ppo_selfplay.py --save-model            # train, then play the named and the held-out bots
     python ppo_selfplay.py --eval-checkpoint runs/<run>/best.pt --eval-episodes 100
 """
+
 import copy
 import os
 from collections import deque
@@ -29,6 +30,7 @@ OBS_DIM, N_ACTIONS, HIDDEN = 10, 3, 64  # actions: 0 up (y decreases), 1 stay, 2
 
 class PongDuel:
     """`n` Pong games stepped together in numpy. Rewards are player 0's points won minus lost."""
+
     def __init__(self, n: int, seed: int, score_limit: int = 5, max_steps: int = 2000):
         self.n, self.score_limit, self.max_steps = n, score_limit, max_steps
         self.rng = np.random.default_rng(seed)
@@ -39,8 +41,15 @@ class PongDuel:
     def serve(self, mask) -> None:  # from the centre, towards a random side at a random angle
         k = int(mask.sum())
         angle, side = self.rng.uniform(-0.5, 0.5, k), self.rng.choice([-1.0, 1.0], k)
-        self.ball[mask] = np.stack([np.full(k, 0.5), self.rng.uniform(0.3, 0.7, k),
-                                    side * SERVE_SPEED * np.cos(angle), SERVE_SPEED * np.sin(angle)], 1)
+        self.ball[mask] = np.stack(
+            [
+                np.full(k, 0.5),
+                self.rng.uniform(0.3, 0.7, k),
+                side * SERVE_SPEED * np.cos(angle),
+                SERVE_SPEED * np.sin(angle),
+            ],
+            1,
+        )
 
     def observe(self) -> tuple[np.ndarray, np.ndarray]:
         """Each player's view, own goal on the left (player 1 sees the table mirrored in x), plus three reads
@@ -54,9 +63,21 @@ class PongDuel:
         offset = (hit - np.where(vx > 0, self.paddles[:, 1], self.paddles[:, 0])) / (PADDLE_HALF + BALL_RADIUS)
         returned = fold(hit + np.tan(np.clip(offset, -1, 1) * MAX_ANGLE) * (1 - (hit_steps - steps) * np.abs(vx)))
         # ball x, y, vx, vy, own paddle, other paddle, time left, arrival, reach, return (mirrored: -x, -vx, swap)
-        obs0 = np.stack([2 * x - 1, 2 * y - 1, vx / MAX_SPEED, vy / MAX_SPEED, *(2 * self.paddles.T - 1),
-                         1 - self.t / self.max_steps, 2 * arrival - 1, 2 * PADDLE_SPEED * steps, 2 * returned - 1],
-                        1, dtype=np.float32)
+        obs0 = np.stack(
+            [
+                2 * x - 1,
+                2 * y - 1,
+                vx / MAX_SPEED,
+                vy / MAX_SPEED,
+                *(2 * self.paddles.T - 1),
+                1 - self.t / self.max_steps,
+                2 * arrival - 1,
+                2 * PADDLE_SPEED * steps,
+                2 * returned - 1,
+            ],
+            1,
+            dtype=np.float32,
+        )
         return obs0, obs0[:, [0, 1, 2, 3, 5, 4, 6, 7, 8, 9]] * np.float32([-1, 1, -1, 1, 1, 1, 1, 1, 1, 1])
 
     def step(self, a0, a1) -> tuple[np.ndarray, ...]:
@@ -89,11 +110,11 @@ class PongDuel:
         frame, half = np.zeros((size, size, 3), dtype=np.uint8), int(PADDLE_HALF * size)
         for player, colour in ((0, (80, 160, 255)), (1, (255, 120, 80))):
             y, x = int(self.paddles[i, player] * size), player * (size - 3)
-            frame[max(y - half, 0):y + half, x:x + 3] = colour
+            frame[max(y - half, 0) : y + half, x : x + 3] = colour
             left = 4 if player == 0 else size - 4 - 6 * self.score[i, 1]  # points: a bar from its own side
-            frame[3:6, left:left + 6 * self.score[i, player]] = colour
+            frame[3:6, left : left + 6 * self.score[i, player]] = colour
         bx, by = (np.clip(self.ball[i, :2], 0, 1) * (size - 3)).astype(int)
-        frame[by:by + 3, bx:bx + 3] = 255
+        frame[by : by + 3, bx : bx + 3] = 255
         return frame
 
 
@@ -105,20 +126,24 @@ def scripted(aim=0.7, react=1.0, shadow=0.0, noise=0.0, lazy=0.0):
     """Meets the ball where it arrives, `aim` paddle half-lengths off-centre (> 0: to angle it away from the
     opponent) and off by up to `noise` (one error per flight), once it comes at it nearer than `react`
     tables; until then goes to `shadow` x the ball's height (0: the centre). Stays put in a share `lazy`."""
+
     def act(obs):
         x, y, vx, vy, own, other, _, arrival, *_ = obs.T
         error = noise * np.sin(1e3 * np.abs(vx) + 1e2 * np.abs(vy))  # a pseudo-random draw per flight
         target = arrival + error + aim * 2 * PADDLE_HALF * np.sign(other)
         action = _toward(np.where((vx < 0) & ((x + 1) / 2 <= react), target, shadow * y), own)
         return np.where(np.random.random(len(obs)) < lazy, 1, action) if lazy else action
+
     return act
 
 
 # Scripted opponents: functions from a batch of observations to a batch of actions, easiest first. Add yours.
-BOTS = {"random": lambda obs: np.random.randint(0, N_ACTIONS, len(obs)),
-        "slow_tracker": lambda obs: np.where(np.random.random(len(obs)) < 0.5, BOTS["fast_tracker"](obs), 1),
-        "fast_tracker": lambda obs: _toward(obs[:, 1], obs[:, 4]),  # follows the ball's height
-        "predictor": scripted(aim=0.7)}
+BOTS = {
+    "random": lambda obs: np.random.randint(0, N_ACTIONS, len(obs)),
+    "slow_tracker": lambda obs: np.where(np.random.random(len(obs)) < 0.5, BOTS["fast_tracker"](obs), 1),
+    "fast_tracker": lambda obs: _toward(obs[:, 1], obs[:, 4]),  # follows the ball's height
+    "predictor": scripted(aim=0.7),
+}
 # The family of `scripted` bots. Each style range is cut into 4 bins: bots for training and for choosing the
 # kept model draw from bins 0 and 2, held-out bots (evaluation only) from bins 1 and 3, so none of them aims,
 # reacts or waits like a family bot the learner met. Weaknesses share one range, skewed towards 0 (strong bots).
@@ -197,30 +222,41 @@ class Args:
     def __post_init__(self):
         ranges = {name: (1, float("inf")) for name, value in asdict(self).items() if type(value) is int}
         # Caps: workers load torch (more than 4 per core only contend); memory of games at once, of rollouts
-        ranges |= {"seed": (0, 2 ** 32 - 1), "learning_rate": (1e-7, 1), "eval_episodes": (0, 10 ** 5),
-                   "n_workers": (0, min(self.n_games, 4 * (os.cpu_count() or 1))), "n_games": (1, 10 ** 5),
-                   "family_bots": (0, 1000), "panel_games": (1, 10 ** 4),
-                   "n_steps": (1, 2 ** 22 // max(self.n_games, 1)),
-                   "n_minibatches": (1, self.n_games * self.n_steps), **dict.fromkeys(("gamma", "gae_lambda",
-                   "clip_coef", "ent_coef", "curriculum_threshold", "bot_fraction"), (0, 1))}
+        ranges |= {
+            "seed": (0, 2**32 - 1),
+            "learning_rate": (1e-7, 1),
+            "eval_episodes": (0, 10**5),
+            "n_workers": (0, min(self.n_games, 4 * (os.cpu_count() or 1))),
+            "n_games": (1, 10**5),
+            "family_bots": (0, 1000),
+            "panel_games": (1, 10**4),
+            "n_steps": (1, 2**22 // max(self.n_games, 1)),
+            "n_minibatches": (1, self.n_games * self.n_steps),
+            **dict.fromkeys(
+                ("gamma", "gae_lambda", "clip_coef", "ent_coef", "curriculum_threshold", "bot_fraction"), (0, 1)
+            ),
+        }
         for name, (low, high) in ranges.items():
             if not low <= (value := getattr(self, name)) <= high:  # NaN fails too
                 raise ValueError(f"--{name.replace('_', '-')} must be in [{low}, {high}], got {value}")
 
 
 def mlp(out: int, last_scale: float = 1.0) -> nn.Sequential:
-    net = nn.Sequential(nn.Linear(OBS_DIM, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, HIDDEN), nn.ReLU(),
-                        nn.Linear(HIDDEN, out))
+    net = nn.Sequential(
+        nn.Linear(OBS_DIM, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, out)
+    )
     net[-1].weight.data.mul_(last_scale)  # a small last actor layer starts near-uniform
     return net
 
 
 def policy_fn(actor: nn.Module, device, greedy: bool = False):
     """A network as an opponent-style function: obs batch -> action batch (sampled or greedy)."""
+
     @torch.no_grad()
     def act(obs):
         logits = actor(torch.as_tensor(obs, device=device))
         return (logits.argmax(1) if greedy else Categorical(logits=logits).sample()).cpu().numpy()
+
     return act
 
 
@@ -299,8 +335,16 @@ class League:  # the opponents (bots, then snapshots of the learner), each game'
             delta = float(16 * ((np.sign(diff) + 1) / 2 - expected))  # R += K (S - E), S = 1, 1/2, 0; K = 16
             self.elo["learner"], self.elo[name] = self.elo["learner"] + delta, self.elo[name] - delta
             strongest = {"win_vs_strongest": int(diff > 0)} if k == len(BOTS) - 1 else {}
-            metrics.episode(step, diff, self.length[i], opponent=name, win=int(diff > 0),
-                            elo=self.elo["learner"], level=self.level, **strongest)
+            metrics.episode(
+                step,
+                diff,
+                self.length[i],
+                opponent=name,
+                win=int(diff > 0),
+                elo=self.elo["learner"],
+                level=self.level,
+                **strongest,
+            )
             self.recent.append(diff)
             self.window.extend([bool(diff > 0)] if k == self.level < len(BOTS) else [])
             full = len(self.window) == self.window.maxlen
@@ -321,9 +365,9 @@ class League:  # the opponents (bots, then snapshots of the learner), each game'
         if len(pool) and self.rng.random() >= self.args.bot_fraction:
             weights = np.arange(1, len(pool) + 1)  # 1, 2, .., newest
             return int(self.rng.choice(pool, p=weights / weights.sum()))
-        elo = np.array([self.elo[name] for name in self.names[:self.n_bots]])
+        elo = np.array([self.elo[name] for name in self.names[: self.n_bots]])
         lose = 1 / (1 + 10 ** ((self.elo["learner"] - elo) / 400))  # 1 - E
-        return int(self.rng.choice(self.n_bots, p=(lose ** 2 + 0.01) / (lose ** 2 + 0.01).sum()))
+        return int(self.rng.choice(self.n_bots, p=(lose**2 + 0.01) / (lose**2 + 0.01).sum()))
 
 
 def play(policy, fns, opp, seed: int, video=None) -> np.ndarray:
@@ -343,17 +387,26 @@ def evaluate(actor, games: int, seed: int, device, run_dir: str, film: bool) -> 
     which played no part in training or in choosing the model: a table, the worst held-out bot, eval.json."""
     opponents = {**dict(reversed(BOTS.items())), **{name: scripted(**p) for name, p in HELD_OUT.items()}}
     video = VideoWriter(os.path.join(run_dir, "videos", "eval.mp4"), fps=60) if film else None
-    diff = play(policy_fn(actor, device, greedy=True), list(opponents.values()),
-                np.repeat(np.arange(len(opponents)), games), seed + 12345, video)
+    diff = play(
+        policy_fn(actor, device, greedy=True),
+        list(opponents.values()),
+        np.repeat(np.arange(len(opponents)), games),
+        seed + 12345,
+        video,
+    )
     video and video.close()
-    table = {name: [float(np.mean(d > 0)), float(np.mean(d == 0)), float(np.mean(d < 0)), float(np.mean(d))]
-             for name, d in zip(opponents, diff.reshape(-1, games))}
+    table = {
+        name: [float(np.mean(d > 0)), float(np.mean(d == 0)), float(np.mean(d < 0)), float(np.mean(d))]
+        for name, d in zip(opponents, diff.reshape(-1, games))
+    }
     worst = min(HELD_OUT, key=lambda name: table[name][0])
-    print(f"greedy evaluation, {len(diff)} games: mean score difference {diff.mean():.2f}\n"
-          "| opponent | win | draw | loss | mean score diff |\n|---|---|---|---|---|\n" + "\n".join(
-              f"| {n} | {w:.0%} | {d:.0%} | {lo:.0%} | {m:+.2f} |" for n, (w, d, lo, m) in table.items())
-          + f"\nworst held-out bot: {worst} {({k: round(v, 2) for k, v in HELD_OUT[worst].items()})}, "
-          f"won {table[worst][0]:.0%}")
+    print(
+        f"greedy evaluation, {len(diff)} games: mean score difference {diff.mean():.2f}\n"
+        "| opponent | win | draw | loss | mean score diff |\n|---|---|---|---|---|\n"
+        + "\n".join(f"| {n} | {w:.0%} | {d:.0%} | {lo:.0%} | {m:+.2f} |" for n, (w, d, lo, m) in table.items())
+        + f"\nworst held-out bot: {worst} { ({k: round(v, 2) for k, v in HELD_OUT[worst].items()}) }, "
+        f"won {table[worst][0]:.0%}"
+    )
     write_evaluation(run_dir, diff.tolist(), win_draw_loss_diff=table, held_out_worst=worst, held_out=HELD_OUT)
 
 
@@ -365,8 +418,14 @@ if __name__ == "__main__":
     torch.distributions.Distribution.set_default_validate_args(False)  # argument checks cost time
     device, batch_size = pick_device(args.cuda), args.n_games * args.n_steps
     state = load_checkpoint(path, script, device) if (path := args.eval_checkpoint or args.resume) else {}
-    if path and path == args.resume and ("critic" not in state or  # best.pt holds the actor alone
-                                         state["args"]["n_games"] * state["args"]["n_steps"] != batch_size):
+    if (
+        path
+        and path == args.resume
+        and (
+            "critic" not in state  # best.pt holds the actor alone
+            or state["args"]["n_games"] * state["args"]["n_steps"] != batch_size
+        )
+    ):
         raise SystemExit(f"error: {path}: --resume needs a checkpoint.pt with this --n-games x --n-steps")
     run_dir = make_run_dir(args.runs_dir, "PongDuel", script, args.seed)
     print(f"run directory: {run_dir} | device: {device}", flush=True)
@@ -382,8 +441,11 @@ if __name__ == "__main__":
         print(f"resumed from {args.resume} at update {state['update']}, curriculum level {state['level']}")
     league, update = League(args, device, state), state.get("update", 0)  # update: whole updates done
     n_updates = -(-args.total_steps // batch_size)  # whole rollouts
-    metrics = MetricsWriter(run_dir, ("opponent", "win", "win_vs_strongest", "elo", "level", "pg_loss",
-                                      "v_loss", "entropy", "panel_score"), state.get("time_s", 0.0))
+    metrics = MetricsWriter(
+        run_dir,
+        ("opponent", "win", "win_vs_strongest", "elo", "level", "pg_loss", "v_loss", "entropy", "panel_score"),
+        state.get("time_s", 0.0),
+    )
     progress = Progress(n_updates * batch_size, update * batch_size)
     obs_buf = torch.zeros((args.n_steps, args.n_games, OBS_DIM), device=device)
     act_buf, logp_buf, val_buf, rew_buf, done_buf = torch.zeros(5, args.n_steps, args.n_games, device=device)
@@ -402,8 +464,9 @@ if __name__ == "__main__":
                     dist, val_buf[t] = Categorical(logits=actor(obs_buf[t])), critic(obs_buf[t])[:, 0]
                     act_buf[t] = dist.sample()
                     logp_buf[t] = dist.log_prob(act_buf[t])
-                    reward, done, obs0, obs1 = collector.step(act_buf[t].long().cpu().numpy(),
-                                                              opponent_actions(league.fns, league.opp, obs1))
+                    reward, done, obs0, obs1 = collector.step(
+                        act_buf[t].long().cpu().numpy(), opponent_actions(league.fns, league.opp, obs1)
+                    )
                     rew_buf[t], done_buf[t] = torch.as_tensor(reward), torch.as_tensor(done)
                     step = (update * args.n_steps + t + 1) * args.n_games
                     league.record(reward, done, step, actor, metrics)
@@ -417,34 +480,65 @@ if __name__ == "__main__":
             losses = ppo_update(actor, critic, optimizer, batch, args, args.ent_coef * frac)
             if league.level >= len(BOTS) and (update + 1) % args.snapshot_interval == 0:
                 league.add_snapshot(f"snap_{update + 1}", copy.deepcopy(actor.state_dict()))
-                diff = play(policy_fn(actor, device, greedy=True), league.fns,
-                            np.repeat(league.panel, args.panel_games), args.seed + update)
+                diff = play(
+                    policy_fn(actor, device, greedy=True),
+                    league.fns,
+                    np.repeat(league.panel, args.panel_games),
+                    args.seed + update,
+                )
                 panel_score = float(np.mean((np.sign(diff) + 1) / 2))  # greedy: win 1, draw 1/2, loss 0
                 if panel_score > best_score:
                     best_score, best_actor = panel_score, copy.deepcopy(actor.state_dict())
                     print(f"step {step}: new best model, panel score {panel_score:.3f}", flush=True)
                     if args.save_model:
-                        save_checkpoint(os.path.join(run_dir, "best.pt"),
-                                        {"script": script, "actor": best_actor, "panel_score": panel_score})
+                        save_checkpoint(
+                            os.path.join(run_dir, "best.pt"),
+                            {"script": script, "actor": best_actor, "panel_score": panel_score},
+                        )
             update += 1
             if update == n_updates or step // args.log_interval > (step - batch_size) // args.log_interval:
-                metrics.log(step, progress.steps_per_second(step), level=league.level,
-                            panel_score=panel_score, elo=league.elo["learner"], **losses)
+                metrics.log(
+                    step,
+                    progress.steps_per_second(step),
+                    level=league.level,
+                    panel_score=panel_score,
+                    elo=league.elo["learner"],
+                    **losses,
+                )
                 progress.print(step, league.recent)
     finally:
         collector.close()
     metrics.close(y="elo")
     if args.save_model or stop:
-        save_checkpoint(os.path.join(run_dir, "checkpoint.pt"), {  # all that --resume needs
-            "script": script, "actor": actor.state_dict(), "critic": critic.state_dict(), "update": update,
-            "optimizer": optimizer.state_dict(), "time_s": metrics.elapsed(), "level": league.level,
-            "window": list(league.window), "elo": league.elo, "snapshots": league.snapshots,
-            "best_actor": best_actor, "best_score": best_score, "args": asdict(args)})
+        save_checkpoint(
+            os.path.join(run_dir, "checkpoint.pt"),
+            {  # all that --resume needs
+                "script": script,
+                "actor": actor.state_dict(),
+                "critic": critic.state_dict(),
+                "update": update,
+                "optimizer": optimizer.state_dict(),
+                "time_s": metrics.elapsed(),
+                "level": league.level,
+                "window": list(league.window),
+                "elo": league.elo,
+                "snapshots": league.snapshots,
+                "best_actor": best_actor,
+                "best_score": best_score,
+                "args": asdict(args),
+            },
+        )
     if stop:
         stop.exit(update * batch_size, os.path.join(run_dir, "checkpoint.pt"))
     ranking = sorted(league.elo.items(), key=lambda item: -item[1])  # the bots, the learner and the top 10
-    print("Elo ratings:\n" + "\n".join(f"{rank + 1:4d} {name:>24} {rating:6.0f}" for rank, (name, rating)
-                                        in enumerate(ranking) if rank < 10 or name in [*BOTS, "learner"]))
+    print(
+        "Elo ratings:\n"
+        + "\n".join(
+            f"{rank + 1:4d} {name:>24} {rating:6.0f}"
+            for rank, (name, rating) in enumerate(ranking)
+            if rank < 10 or name in [*BOTS, "learner"]
+        )
+    )
     actor.load_state_dict(best_actor or actor.state_dict())  # the best model, once self-play judged one
     if args.eval_episodes > 0:
         evaluate(actor, args.eval_episodes, args.seed, device, run_dir, film=args.capture_video)

@@ -8,6 +8,7 @@ For each seed the script runs to the end in a subprocess (one at a time: measure
 share the CPU). From its metrics.csv we take the first env step and wall-clock second at which the
 mean of the last `window` episodes reaches `threshold`, and from its eval.json the greedy mean.
 """
+
 import json
 import os
 import shlex
@@ -61,20 +62,22 @@ def time_to_threshold(csv_path: str, metric: str, window: int, threshold: float)
 
 
 def run_seed(args: Args, seed: int, runs_dir: str) -> dict:
-    command = [sys.executable, args.script, "--seed", str(seed), "--runs-dir", runs_dir,
-               *shlex.split(args.script_args)]
+    command = [sys.executable, args.script, "--seed", str(seed), "--runs-dir", runs_dir, *shlex.split(args.script_args)]
     print("$", shlex.join(command), flush=True)
     subprocess.run(command, check=True)
     (run_dir,) = [os.path.join(runs_dir, d) for d in os.listdir(runs_dir)]
-    steps, seconds = time_to_threshold(os.path.join(run_dir, "metrics.csv"), args.metric,
-                                       args.window, args.threshold)
+    steps, seconds = time_to_threshold(os.path.join(run_dir, "metrics.csv"), args.metric, args.window, args.threshold)
     _, total_seconds, values = read_episodes(os.path.join(run_dir, "metrics.csv"), args.metric)
     eval_path = os.path.join(run_dir, "eval.json")
     greedy = json.load(open(eval_path))["mean_return"] if os.path.exists(eval_path) else None
-    return {"seed": seed, "steps_to_threshold": steps, "seconds_to_threshold": seconds,
-            f"final_mean_{args.metric}": float(np.mean(values[-args.window:])) if len(values) else None,
-            "train_seconds": float(total_seconds[-1]) if len(total_seconds) else None,
-            "greedy_eval": greedy}
+    return {
+        "seed": seed,
+        "steps_to_threshold": steps,
+        "seconds_to_threshold": seconds,
+        f"final_mean_{args.metric}": float(np.mean(values[-args.window :])) if len(values) else None,
+        "train_seconds": float(total_seconds[-1]) if len(total_seconds) else None,
+        "greedy_eval": greedy,
+    }
 
 
 def median(values):
@@ -91,8 +94,7 @@ if __name__ == "__main__":
         for seed in args.seeds:
             rows.append(run_seed(args, seed, os.path.join(args.keep_runs or tmp, str(seed))))
     medians = {k: median([r[k] for r in rows]) for k in rows[0] if k != "seed"}
-    print(f"\n{args.script} {args.script_args}: mean of last {args.window} {args.metric} "
-          f">= {args.threshold}")
+    print(f"\n{args.script} {args.script_args}: mean of last {args.window} {args.metric} >= {args.threshold}")
     print("| seed | " + " | ".join(medians) + " |")
     print("|---" * (len(medians) + 1) + "|")
     for row in rows + [{"seed": "median", **medians}]:

@@ -3,6 +3,7 @@
 
     python benchmarks/family_strength.py --games 200
 """
+
 import os
 import sys
 from dataclasses import dataclass

@@ -6,6 +6,7 @@ of episodes cut by the 1,000-step limit, per p_noop.
 
     python benchmarks/lunarlander_rest.py
 """
+
 import gymnasium as gym
 import numpy as np
 from gymnasium.envs.box2d.lunar_lander import heuristic
@@ -27,5 +28,7 @@ if __name__ == "__main__":
                 obs, reward, terminated, truncated, _ = env.step(action)
                 total, length, done = total + reward, length + 1, terminated or truncated
             returns.append(total), lengths.append(length), truncations.append(truncated)
-        print(f"p_noop on the ground {p_noop:.2f}: mean return {np.mean(returns):6.1f}, mean length "
-              f"{np.mean(lengths):4.0f}, cut by the time limit {np.mean(truncations):4.0%}")
+        print(
+            f"p_noop on the ground {p_noop:.2f}: mean return {np.mean(returns):6.1f}, mean length "
+            f"{np.mean(lengths):4.0f}, cut by the time limit {np.mean(truncations):4.0%}"
+        )

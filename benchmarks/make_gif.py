@@ -7,6 +7,7 @@ The script plays its evaluation with --capture-video into a temporary folder (ev
 its first evaluation episode to <run>/videos/eval.mp4); the first `--seconds` of that video, every
 `--every`-th frame, shrunk by `--shrink`, become the GIF.
 """
+
 import glob
 import os
 import shlex
@@ -49,16 +50,27 @@ class Args:
 if __name__ == "__main__":
     args = parse_args(Args)
     with tempfile.TemporaryDirectory() as runs:
-        command = [sys.executable, args.script, "--eval-checkpoint", args.checkpoint, "--capture-video",
-                   "--runs-dir", runs, *shlex.split(args.script_args)]
+        command = [
+            sys.executable,
+            args.script,
+            "--eval-checkpoint",
+            args.checkpoint,
+            "--capture-video",
+            "--runs-dir",
+            runs,
+            *shlex.split(args.script_args),
+        ]
         result = subprocess.run(command, capture_output=True, text=True)
         videos = glob.glob(os.path.join(runs, "*", "videos", "eval.mp4"))
         if result.returncode != 0 or not videos:
             raise SystemExit(f"error: {shlex.join(command)} wrote no video:\n{result.stderr[-2000:]}")
         reader = imageio.get_reader(videos[0])
         fps = reader.get_meta_data().get("fps", 30)
-        frames = [np.asarray(frame)[::args.shrink, ::args.shrink]
-                  for i, frame in enumerate(reader) if i < args.seconds * fps and i % args.every == 0]
+        frames = [
+            np.asarray(frame)[:: args.shrink, :: args.shrink]
+            for i, frame in enumerate(reader)
+            if i < args.seconds * fps and i % args.every == 0
+        ]
         reader.close()
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     imageio.mimsave(args.out, frames, duration=1000 * args.every / fps, loop=0)  # duration: ms a frame

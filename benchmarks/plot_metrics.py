@@ -6,6 +6,7 @@
 Episode columns (episode_return, episode_length, x_pos) are drawn as a running mean over
 --window episodes; log columns (losses, entropy, kl, ...) as they were logged.
 """
+
 import csv
 import os
 import sys
@@ -47,7 +48,7 @@ def series(csv_path: str, column: str, window: int):
     steps = np.array([float(r["global_step"]) for r in rows])
     values = np.array([float(r[column]) for r in rows])
     if rows and rows[0]["kind"] == "episode" and len(values) >= window:
-        return steps[window - 1:], np.convolve(values, np.ones(window) / window, mode="valid")
+        return steps[window - 1 :], np.convolve(values, np.ones(window) / window, mode="valid")
     return steps, values
 
 
@@ -58,11 +59,9 @@ if __name__ == "__main__":
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(len(args.columns), 1, figsize=(8, 2.2 * len(args.columns)), sharex=True,
-                             squeeze=False)
+    fig, axes = plt.subplots(len(args.columns), 1, figsize=(8, 2.2 * len(args.columns)), sharex=True, squeeze=False)
     for ax, column in zip(axes[:, 0], args.columns):
-        for run, label in zip(args.runs, args.labels or [os.path.basename(os.path.normpath(r))
-                                                          for r in args.runs]):
+        for run, label in zip(args.runs, args.labels or [os.path.basename(os.path.normpath(r)) for r in args.runs]):
             steps, values = series(os.path.join(run, "metrics.csv"), column, args.window)
             ax.plot(steps, values, label=label, lw=1)
         ax.set_ylabel(column)

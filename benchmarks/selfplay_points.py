@@ -5,6 +5,7 @@ when the opponent hit, and how far off the table's centre the model's paddle was
 
     python benchmarks/selfplay_points.py --checkpoint pretrained/ppo_selfplay.pt --games 200
 """
+
 import os
 import sys
 from dataclasses import dataclass, field
@@ -56,10 +57,14 @@ def points(policy, bot, games: int, seed: int) -> dict:
         margin, offset = np.where(reward != 0, np.nan, margin), np.where(reward != 0, np.nan, offset)
         done |= finished
     lost_margin, lost_offset = np.array(lost_margin), np.array(lost_offset)
-    return {"won": won, "lost": len(lost_margin), "out_of_reach": int((lost_margin < 0).sum()),
-            "on_serve": int(np.isnan(lost_margin).sum()),  # the serve came at it: no return yet
-            "offset": float(np.nanmean(lost_offset)) / 2 if (lost_offset >= 0).any() else float("nan"),
-            "offset_all": float(np.mean(all_offsets)) / 2}
+    return {
+        "won": won,
+        "lost": len(lost_margin),
+        "out_of_reach": int((lost_margin < 0).sum()),
+        "on_serve": int(np.isnan(lost_margin).sum()),  # the serve came at it: no return yet
+        "offset": float(np.nanmean(lost_offset)) / 2 if (lost_offset >= 0).any() else float("nan"),
+        "offset_all": float(np.mean(all_offsets)) / 2,
+    }
 
 
 if __name__ == "__main__":
@@ -69,9 +74,13 @@ if __name__ == "__main__":
     actor = game.mlp(game.N_ACTIONS)
     actor.load_state_dict(state.get("best_actor") or state["actor"])
     policy = game.policy_fn(actor, "cpu", greedy=True)
-    print("| opponent | points won | points lost | lost: on the serve | out of reach at the return | "
-          "paddle off-centre at those returns | at every return (tables) |\n|---|---|---|---|---|---|---|")
+    print(
+        "| opponent | points won | points lost | lost: on the serve | out of reach at the return | "
+        "paddle off-centre at those returns | at every return (tables) |\n|---|---|---|---|---|---|---|"
+    )
     for name in args.opponents:
         bot = game.BOTS[name] if name in game.BOTS else game.scripted(**game.HELD_OUT[name])
         p = points(policy, bot, args.games, args.seed)
-        print(f"| {name} | {p['won']} | {p['lost']} | {p['on_serve']} | {p['out_of_reach']} | {p['offset']:.2f} | {p['offset_all']:.2f} |")
+        print(
+            f"| {name} | {p['won']} | {p['lost']} | {p['on_serve']} | {p['out_of_reach']} | {p['offset']:.2f} | {p['offset_all']:.2f} |"
+        )

@@ -1,43 +1,52 @@
-"""Checkpoints: state dicts and plain data, written atomically, loaded with weights_only=True."""
+"""Checkpoints: one schema for all five scripts, state dicts and plain data only, written atomically,
+loaded with `torch.load(..., weights_only=True)`. The top-level keys:
+    script        the script's name: a checkpoint of another script is refused
+    args          the Args it ran with, as a dict
+    global_step   environment steps taken so far
+    time_s        wall-clock seconds of training so far (a resumed run keeps counting)
+    model         the network being trained (state dict)
+    optimizer     its optimizer (state dict)
+    kept_model    the network that the final evaluation and `--eval-checkpoint` play: the best on
+                  validation where the script chooses one, else the latest (state dict)
+    kept_step     the global_step at which kept_model was kept
+    kept_score    its validation score (NaN where the script keeps the latest)
+    resume_state  whatever else `--resume` needs (plain data and state dicts), per script
+A shipped model (pretrained/) has model, optimizer and resume_state set to None."""
+
+import io
 import os
-import tempfile
 
 import torch
 
-from common.stopping import signals_held
+KEYS = ("script", "args", "global_step", "time_s", "model", "optimizer")
+KEYS += ("kept_model", "kept_step", "kept_score", "resume_state")
+# The Args fields that every script has first; they never change a network's shape.
+RUN_CONTROL = ("total_steps", "seed", "cuda", "runs_dir", "capture_video", "save_model", "eval_episodes")
+RUN_CONTROL += ("eval_checkpoint", "resume", "log_interval")
 
 
 def save_checkpoint(path: str, state: dict) -> None:
-    """Write to a temporary file in the same directory, then rename it over `path`.
-
-    A crash mid-write leaves the previous checkpoint intact: `os.replace` is atomic. Ctrl-C or
-    SIGTERM during the write takes effect once the new checkpoint is in place. A full or read-only
-    disk ends the run with one `error:` line; the previous checkpoint stays.
-    """
-    directory = os.path.dirname(os.path.abspath(path))
-    with signals_held():
-        try:
-            os.makedirs(directory, exist_ok=True)
-            fd, tmp_path = tempfile.mkstemp(dir=directory, prefix=".checkpoint-", suffix=".tmp")
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp's 0600 would hide a shared checkpoint
-        except OSError as e:
-            raise SystemExit(f"error: cannot write checkpoint {path}: {e.strerror or e}")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(state, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp_path, path)
-        except BaseException as e:
+    """Serialise in memory, write `path`.tmp, then rename it over `path`: a crash or a second Ctrl-C
+    mid-write leaves the previous checkpoint whole. A full or read-only disk is one `error:` line."""
+    if tuple(state) != KEYS:
+        raise ValueError(f"a checkpoint has the keys {KEYS}, got {tuple(state)}")
+    buffer = io.BytesIO()
+    torch.save(state, buffer)  # in memory: a failing disk shows as an OSError below, not inside torch
+    tmp_path = path + ".tmp"
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(tmp_path, "wb") as f:
+            f.write(buffer.getbuffer())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+    except OSError as e:
+        raise SystemExit(
+            f"error: cannot write checkpoint {path} ({e.strerror or e}); the previous one is kept"
+        ) from None
+    finally:
+        if os.path.exists(tmp_path):  # the write failed, or a second signal cut it short
             os.unlink(tmp_path)
-            # torch's zip writer reports a failed write (ENOSPC, EFBIG) as "unexpected pos"
-            if isinstance(e, OSError) or (isinstance(e, RuntimeError) and "unexpected pos" in str(e)):
-                reason = e.strerror if isinstance(e, OSError) else "write failed, is the disk full?"
-                raise SystemExit(f"error: cannot write checkpoint {path} ({reason}); the previous "
-                                 "checkpoint, if any, is kept") from None
-            raise
 
 
 def load_checkpoint(path: str, script: str, device="cpu") -> dict:
@@ -46,8 +55,24 @@ def load_checkpoint(path: str, script: str, device="cpu") -> dict:
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:  # missing, truncated, not a checkpoint, unsafe pickle...
         first_line = (str(e).strip().splitlines() or [""])[0]
-        raise SystemExit(f"error: cannot load checkpoint {path}: {type(e).__name__}: {first_line}")
+        raise SystemExit(f"error: cannot load checkpoint {path}: {type(e).__name__}: {first_line}") from None
     if not isinstance(state, dict) or state.get("script") != script:
         found = state.get("script") if isinstance(state, dict) else type(state).__name__
         raise SystemExit(f"error: {path} is not a {script} checkpoint (found {found!r})")
     return state
+
+
+def load_weights(module: torch.nn.Module, weights: dict, path: str, state: dict, args) -> None:
+    """`module.load_state_dict(weights)`; a network of another shape ends in one `error:` line naming
+    the arguments with which the checkpoint was trained differently."""
+    try:
+        module.load_state_dict(weights)
+    except RuntimeError:
+        current = vars(args)
+        differ = [
+            f"--{name.replace('_', '-')} {value}"
+            for name, value in state["args"].items()
+            if name not in RUN_CONTROL and current.get(name, value) != value
+        ]
+        reason = ", ".join(differ) or "another network"
+        raise SystemExit(f"error: {path} does not fit these arguments: it was trained with {reason}") from None

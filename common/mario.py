@@ -20,6 +20,7 @@ Rewards are 7.4.0's, computed here on both stacks: x progress + clock ticks (-1)
 clipped with the rest to [-15, 15] per frame). `info` has x_pos, y_pos, flag_get, time, life, score,
 coins, status, world, stage as plain Python values.
 """
+
 from importlib.metadata import version
 
 import gymnasium as gym
@@ -40,8 +41,7 @@ if LEGACY:
     from gym_notices.notices import notices as _notices
 
     _notice = _notices.get(_gym.__version__)  # anything else printed on import is passed on
-    sys.stderr.write(_stderr.getvalue().replace(_notice + "\n", "", 1) if _notice
-                     else _stderr.getvalue())
+    sys.stderr.write(_stderr.getvalue().replace(_notice + "\n", "", 1) if _notice else _stderr.getvalue())
 
     from gym_super_mario_bros.smb_env import SuperMarioBrosEnv as _LegacyEnv
     from nes_py._rom import ROM
@@ -51,11 +51,10 @@ if LEGACY:
     # same arithmetic on Python ints gives the numpy-1 values, as 9.x computes them.
     ROM.prg_rom_size = property(lambda self: 16 * int(self.header[4]))
     ROM.chr_rom_size = property(lambda self: 8 * int(self.header[5]))
-    _LegacyEnv._x_position = property(lambda self: int(self.ram[0x6d]) * 256 + int(self.ram[0x86]))
+    _LegacyEnv._x_position = property(lambda self: int(self.ram[0x6D]) * 256 + int(self.ram[0x86]))
     # y above the screen is 255 + (255 - y_pixel): in uint8 it wrapped around with an overflow
     # warning at every such frame; 9.x computes it on Python ints, so do we
-    _LegacyEnv._y_position = property(
-        lambda self: (510 if self._y_viewport < 1 else 255) - int(self._y_pixel))
+    _LegacyEnv._y_position = property(lambda self: (510 if self._y_viewport < 1 else 255) - int(self._y_pixel))
 
     class SuperMarioBrosEnv(_LegacyEnv):
         """7.4.0 with 9.x's reset and step signatures, so that MarioEnv is written once."""
@@ -78,8 +77,7 @@ ACTION_SETS = {
     "simple": SIMPLE_MOVEMENT,
     "complex": COMPLEX_MOVEMENT,
 }
-INFO_KEYS = ("x_pos", "y_pos", "flag_get", "time", "life", "score", "coins", "status", "world",
-             "stage")
+INFO_KEYS = ("x_pos", "y_pos", "flag_get", "time", "life", "score", "coins", "status", "world", "stage")
 
 
 class MarioEnv(gym.Env):
@@ -87,8 +85,14 @@ class MarioEnv(gym.Env):
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 60}
 
-    def __init__(self, world: int = 1, stage: int = 1, actions: str = "right",
-                 render_mode: str | None = None, max_episode_steps: int | None = None):
+    def __init__(
+        self,
+        world: int = 1,
+        stage: int = 1,
+        actions: str = "right",
+        render_mode: str | None = None,
+        max_episode_steps: int | None = None,
+    ):
         if actions not in ACTION_SETS or render_mode not in (None, "rgb_array"):
             raise ValueError(f"actions must be one of {sorted(ACTION_SETS)}, render_mode rgb_array")
         self.nes = SuperMarioBrosEnv(target=(world, stage))
@@ -144,5 +148,4 @@ class MarioEnv(gym.Env):
     @staticmethod
     def _info(info: dict) -> dict:
         """The keys both stacks share, as plain Python values (7.4.0 gives numpy scalars)."""
-        return {k: info[k].item() if isinstance(info[k], np.generic) else info[k]
-                for k in INFO_KEYS}
+        return {k: info[k].item() if isinstance(info[k], np.generic) else info[k] for k in INFO_KEYS}

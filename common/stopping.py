@@ -1,83 +1,62 @@
-"""Clean stopping: Ctrl-C and SIGTERM set a flag the training loop checks between steps; the script
-then saves a checkpoint and exits 130/143. A flag, not a KeyboardInterrupt raised wherever the main
-thread happens to be, makes the outcome the same wherever the signal lands. The handlers are set
-even when the script was started with SIGINT ignored (`nohup`, `&`); a second signal exits at once
-(checkpoints are written atomically, so the last one survives)."""
+"""Clean stopping. Ctrl-C and SIGTERM set a flag that the training loop reads between steps: the
+script saves a checkpoint, prints the command that continues the run and exits 130 / 143 (a flag,
+unlike an exception raised wherever the main thread is, stops the same way wherever the signal
+lands). A second signal, or one after `training_done()`, exits at once: checkpoints are written
+atomically, so the last one survives."""
+
 import contextlib
-import os
 import shlex
 import signal
 import sys
-import threading
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class StopRequest:
-    """False until Ctrl-C (SIGINT) or SIGTERM arrives; `exit()` then ends the process."""
+    """False until Ctrl-C (SIGINT) or SIGTERM arrives; set even if SIGINT was ignored (`nohup`)."""
 
     def __init__(self):
         self.signum = None
+        self.exit_at_once = False
         for signum in STOP_SIGNALS:
             signal.signal(signum, self._handle)
 
     def _handle(self, signum, frame) -> None:
-        if self.signum is not None:
-            raise SystemExit(128 + self.signum)
+        if self.signum is not None or self.exit_at_once:
+            raise SystemExit(128 + signum)  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
         self.signum = signum
 
     def __bool__(self) -> bool:
         return self.signum is not None
 
-    @property
-    def exit_code(self) -> int:
-        return 128 + self.signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
+    def training_done(self) -> None:
+        """The checkpoint is written: from now on (the final evaluation) a signal exits at once."""
+        self.exit_at_once = True
 
     def exit(self, step: int, checkpoint_path: str) -> None:
-        """Print where the run stopped and how to continue it, then exit with `exit_code`."""
-        print(f"stopped by {signal.Signals(self.signum).name} at step {step}; checkpoint "
-              f"{checkpoint_path}\ncontinue with: {resume_command(sys.argv, checkpoint_path)}", flush=True)
-        raise SystemExit(self.exit_code)
+        """Print where the run stopped and how to continue it, then exit 130 / 143."""
+        print(f"stopped by {signal.Signals(self.signum).name} at step {step}; checkpoint {checkpoint_path}")
+        print(f"continue with: {resume_command(sys.argv, checkpoint_path)}", flush=True)
+        raise SystemExit(128 + self.signum)
 
 
 def resume_command(argv: list[str], checkpoint_path: str) -> str:
-    """The command line that was run, with `--resume checkpoint_path` in place of any --resume."""
-    kept, skip = [], False
-    for arg in argv[1:]:
-        if not skip and arg != "--resume" and not arg.startswith("--resume="):
+    """The command as it was launched, with `--resume checkpoint_path` in place of any --resume."""
+    kept = []
+    for i, arg in enumerate(argv[1:], start=1):
+        if arg != "--resume" and not arg.startswith("--resume=") and argv[i - 1] != "--resume":
             kept.append(arg)
-        skip = arg == "--resume"
-    return shlex.join(["python", os.path.basename(argv[0]), *kept, "--resume", checkpoint_path])
+    return shlex.join(["python", argv[0], *kept, "--resume", checkpoint_path])
 
 
 @contextlib.contextmanager
-def _stop_signals_handled_by(handler):
-    previous = {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS}
+def children_ignore_signals():
+    """Start child processes inside this block: they are born ignoring Ctrl-C and SIGTERM (only an
+    ignored disposition survives multiprocessing's spawn), so that a terminal's Ctrl-C, sent to the
+    whole process group, cannot kill one still importing torch: the main process stops them."""
+    previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in STOP_SIGNALS}
     try:
         yield
     finally:
-        for signum, old in previous.items():
-            signal.signal(signum, signal.SIG_DFL if old is None else old)
-
-
-def children_ignore_signals():
-    """Start child processes inside this block: they ignore Ctrl-C and SIGTERM from birth, so a
-    terminal's Ctrl-C (sent to the whole group) cannot kill one still importing torch. Only an
-    ignored disposition survives multiprocessing's spawn (a handler or a blocked mask does not); a
-    signal in the milliseconds `start()` takes is lost. The main process tells children to stop."""
-    return _stop_signals_handled_by(signal.SIG_IGN)
-
-
-@contextlib.contextmanager
-def signals_held():
-    """Hold Ctrl-C and SIGTERM until the block is done, then deliver the first one received: a
-    KeyboardInterrupt inside torch.save would leave its zip writer half-done (a RuntimeError in its
-    place). Only the main thread can set signal handlers; elsewhere nothing is held."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received = []
-    with _stop_signals_handled_by(lambda signum, frame: received.append(signum)):
-        yield
-    if received:
-        signal.raise_signal(received[0])
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

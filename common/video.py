@@ -1,4 +1,5 @@
 """mp4 videos written frame by frame with imageio; a failure warns and never stops a run."""
+
 import os
 import warnings
 

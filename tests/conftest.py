@@ -1,4 +1,5 @@
 """Shared test helpers: the repository root on sys.path and a subprocess runner for scripts."""
+
 import contextlib
 import os
 import re
@@ -18,11 +19,11 @@ def run_script(tmp_path):
     """Run `python <script> args...` with cwd and --runs-dir in a temporary directory."""
 
     def run(script: str, *args: str, timeout: float = 300, preexec_fn=None):
-        command = [sys.executable, os.path.join(REPO, script), "--runs-dir", str(tmp_path / "runs"),
-                   *args]
+        command = [sys.executable, os.path.join(REPO, script), "--runs-dir", str(tmp_path / "runs"), *args]
         env = {**os.environ, "SDL_VIDEODRIVER": "dummy", "SDL_AUDIODRIVER": "dummy"}
-        return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
-                              timeout=timeout, preexec_fn=preexec_fn)
+        return subprocess.run(
+            command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout, preexec_fn=preexec_fn
+        )
 
     return run
 
@@ -41,10 +42,15 @@ def start_script(tmp_path, script: str, *args: str):
     whole group as a terminal's Ctrl-C does."""
     out, err = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
     env = {**os.environ, "SDL_VIDEODRIVER": "dummy", "SDL_AUDIODRIVER": "dummy"}
-    proc = subprocess.Popen([sys.executable, os.path.join(REPO, script), "--runs-dir",
-                             str(tmp_path / "runs"), *args], cwd=tmp_path, env=env,
-                            stdout=open(out, "w"), stderr=open(err, "w"), start_new_session=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    proc = subprocess.Popen(
+        [sys.executable, os.path.join(REPO, script), "--runs-dir", str(tmp_path / "runs"), *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=open(out, "w"),
+        stderr=open(err, "w"),
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
     return proc, out, err
 
 
@@ -86,8 +92,7 @@ def alive(pid: int) -> bool:
         return False
 
 
-def stop_with_signal(tmp_path, script: str, args, signum, ready: str = r"step +\d+/",
-                     to_group: bool = False):
+def stop_with_signal(tmp_path, script: str, args, signum, ready: str = r"step +\d+/", to_group: bool = False):
     """Start `script`, wait until `ready` shows in its output, send `signum` (to the process or its
     whole group) and check the clean stop: exit 128 + signum within 10 s, no child process left,
     a checkpoint that loads with weights_only=True. Returns (checkpoint state, stdout text)."""

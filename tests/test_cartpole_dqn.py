@@ -1,4 +1,5 @@
 """cartpole_dqn.py: replay buffer, n-step transitions, TD target, epsilon schedule, checkpoints, learning."""
+
 import csv
 import json
 import os
@@ -77,8 +78,9 @@ def test_epsilon_schedule():
 
 
 def test_checkpoint_resume_and_eval_checkpoint(run_script, tmp_path):
-    trained = run_script("cartpole_dqn.py", "--total-steps", "1500", "--save-model",
-                         "--eval-episodes", "0", "--select-interval", "500")
+    trained = run_script(
+        "cartpole_dqn.py", "--total-steps", "1500", "--save-model", "--eval-episodes", "0", "--select-interval", "500"
+    )
     assert trained.returncode == 0, trained.stderr
     (run_dir,) = run_dirs(tmp_path)
     checkpoint = os.path.join(run_dir, "checkpoint.pt")
@@ -90,8 +92,18 @@ def test_checkpoint_resume_and_eval_checkpoint(run_script, tmp_path):
     best = max(v for _, v in rounds)  # the kept network is the latest of the best on validation
     assert state["kept_return"] == best and state["kept_step"] == max(s for s, v in rounds if v == best)
 
-    resumed = run_script("cartpole_dqn.py", "--total-steps", "2500", "--resume", checkpoint,
-                         "--save-model", "--eval-episodes", "0", "--log-interval", "500")
+    resumed = run_script(
+        "cartpole_dqn.py",
+        "--total-steps",
+        "2500",
+        "--resume",
+        checkpoint,
+        "--save-model",
+        "--eval-episodes",
+        "0",
+        "--log-interval",
+        "500",
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed from" in resumed.stdout and "step      2000/2500" in resumed.stdout
     new_run = [d for d in run_dirs(tmp_path) if d != run_dir][0]
@@ -107,9 +119,23 @@ def test_checkpoint_resume_and_eval_checkpoint(run_script, tmp_path):
 
     # benchmarks/make_gif.py films the same checkpoint through --eval-checkpoint into a GIF
     gif = tmp_path / "agent.gif"
-    made = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "make_gif.py"), "--script",
-                           os.path.join(REPO, "cartpole_dqn.py"), "--checkpoint", checkpoint, "--out", str(gif),
-                           "--seconds", "1"], capture_output=True, text=True, timeout=300)
+    made = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(REPO, "benchmarks", "make_gif.py"),
+            "--script",
+            os.path.join(REPO, "cartpole_dqn.py"),
+            "--checkpoint",
+            checkpoint,
+            "--out",
+            str(gif),
+            "--seconds",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert made.returncode == 0, made.stderr
     assert len(imageio.mimread(gif)) > 5  # 1 s at 50 frames/s, every second frame (repeats merge)
 
@@ -120,8 +146,7 @@ def test_learns_cartpole(run_script, tmp_path):
     DQN on CartPole oscillates while it learns, so the test asks for the best running mean of the
     run rather than the last one. With learning disabled (no optimizer.step()) it stays below 40.
     """
-    result = run_script("cartpole_dqn.py", "--total-steps", "8000", "--eval-episodes", "0",
-                        "--seed", "1")
+    result = run_script("cartpole_dqn.py", "--total-steps", "8000", "--eval-episodes", "0", "--seed", "1")
     assert result.returncode == 0, result.stderr
     (run_dir,) = run_dirs(tmp_path)
     _, _, returns = read_episodes(os.path.join(run_dir, "metrics.csv"))
@@ -132,13 +157,23 @@ def test_learns_cartpole(run_script, tmp_path):
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_stop_signal_saves_a_checkpoint_that_resumes(tmp_path, run_script, signum):
     """Without --save-model, Ctrl-C or SIGTERM still saves; --resume continues the step count."""
-    state, _ = stop_with_signal(tmp_path, "cartpole_dqn.py", ["--total-steps", "1000000",
-                                                              "--log-interval", "500"], signum)
+    state, _ = stop_with_signal(
+        tmp_path, "cartpole_dqn.py", ["--total-steps", "1000000", "--log-interval", "500"], signum
+    )
     assert 500 <= state["global_step"] < 1_000_000
     (run_dir,) = run_dirs(tmp_path)
-    result = run_script("cartpole_dqn.py", "--resume", os.path.join(run_dir, "checkpoint.pt"),
-                        "--total-steps", str(state["global_step"] + 500), "--eval-episodes", "0",
-                        "--log-interval", "100", "--save-model")
+    result = run_script(
+        "cartpole_dqn.py",
+        "--resume",
+        os.path.join(run_dir, "checkpoint.pt"),
+        "--total-steps",
+        str(state["global_step"] + 500),
+        "--eval-episodes",
+        "0",
+        "--log-interval",
+        "100",
+        "--save-model",
+    )
     assert result.returncode == 0, result.stderr
     resumed = [d for d in run_dirs(tmp_path) if d != run_dir][0]
     with open(os.path.join(resumed, "metrics.csv")) as f:
@@ -156,8 +191,9 @@ def test_full_disk_during_the_checkpoint_is_one_line(run_script, tmp_path):
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write instead of a killed process
         resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, 50_000))
 
-    result = run_script("cartpole_dqn.py", "--total-steps", "300", "--save-model",
-                        "--eval-episodes", "0", preexec_fn=limit_file_size)
+    result = run_script(
+        "cartpole_dqn.py", "--total-steps", "300", "--save-model", "--eval-episodes", "0", preexec_fn=limit_file_size
+    )
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: cannot write checkpoint"), result.stderr

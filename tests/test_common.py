@@ -1,4 +1,5 @@
 """common/: checkpoints, videos, metrics and the one-line argument errors."""
+
 import multiprocessing
 import os
 import signal
@@ -23,8 +24,16 @@ def test_checkpoint_round_trip_weights_only(tmp_path):
     net(torch.ones(1, 3)).sum().backward()
     optimizer.step()
     path = str(tmp_path / "ckpt.pt")
-    save_checkpoint(path, {"script": "demo", "net": net.state_dict(),
-                           "optimizer": optimizer.state_dict(), "global_step": 7, "args": {"a": 1}})
+    save_checkpoint(
+        path,
+        {
+            "script": "demo",
+            "net": net.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "global_step": 7,
+            "args": {"a": 1},
+        },
+    )
     assert os.listdir(tmp_path) == ["ckpt.pt"]  # no temporary file left behind
     torch.load(path, weights_only=True)  # plain data only: the safe loader accepts it
     state = load_checkpoint(path, "demo")
@@ -180,7 +189,8 @@ def test_stop_request_flags_the_first_signal_and_exits_on_the_second():
 def test_resume_command_replaces_any_resume():
     argv = ["/x/mario_ddqn.py", "--total-steps", "2000000", "--resume", "old.pt", "--seed", "2"]
     assert resume_command(argv, "runs/a b/checkpoint.pt") == (
-        "python mario_ddqn.py --total-steps 2000000 --seed 2 --resume 'runs/a b/checkpoint.pt'")
+        "python mario_ddqn.py --total-steps 2000000 --seed 2 --resume 'runs/a b/checkpoint.pt'"
+    )
     assert resume_command(["s.py", "--resume=old.pt"], "c.pt") == "python s.py --resume c.pt"
 
 

@@ -1,4 +1,5 @@
 """The links and image paths in README.md and docs/*.md point at files that exist."""
+
 import glob
 import os
 import re
@@ -28,13 +29,14 @@ def test_pages_are_found():
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: os.path.relpath(p, ROOT))
 def test_every_relative_link_and_image_resolves(page):
-    missing = [t for t in relative_links(page)
-               if not os.path.exists(os.path.join(os.path.dirname(page), t))]
+    missing = [t for t in relative_links(page) if not os.path.exists(os.path.join(os.path.dirname(page), t))]
     assert not missing, f"{os.path.relpath(page, ROOT)} links to missing files: {missing}"
 
 
 def test_link_pattern_finds_links_and_images(tmp_path):
     page = tmp_path / "page.md"
-    page.write_text("See [a](docs/a.md), ![b](b.png \"title\"), [web](https://x.org/y.md), "
-                    "[anchor](#top), [c](c.md#part).\n```\n[not a link](inside_code.md)\n```\n")
+    page.write_text(
+        'See [a](docs/a.md), ![b](b.png "title"), [web](https://x.org/y.md), '
+        "[anchor](#top), [c](c.md#part).\n```\n[not a link](inside_code.md)\n```\n"
+    )
     assert relative_links(str(page)) == ["docs/a.md", "b.png", "c.md"]

@@ -1,4 +1,5 @@
 """lunarlander_nstep_ac.py: n-step returns, the direction of one update, checkpoints, learning."""
+
 import glob
 import json
 import os
@@ -21,15 +22,18 @@ def test_nstep_returns_termination_and_truncation_inside_the_window():
     # env 2: terminated and truncated at t=3 at once: termination wins, no bootstrap.
     rewards = torch.tensor([[1.0, 1.0, 1.0], [2.0, 1.0, 1.0], [3.0, 1.0, 1.0], [4.0, 1.0, 6.0]])
     terminated = torch.tensor([[0.0, 0, 0], [1, 0, 0], [0, 0, 0], [0, 0, 1]])
-    truncated = torch.tensor([[False, False, False], [False, False, False],
-                              [True, False, False], [False, False, True]])
+    truncated = torch.tensor([[False, False, False], [False, False, False], [True, False, False], [False, False, True]])
     final_values = torch.tensor([[0.0, 0, 0], [0, 0, 0], [10, 0, 0], [0, 0, 99]])
     next_values = torch.tensor([100.0, 8.0, 50.0])
     returns = m.nstep_returns(rewards, terminated, truncated, final_values, next_values, gamma)
-    expected = torch.tensor([[1 + 0.5 * 2, 1 + 0.5 * 2.75, 1 + 0.5 * 3],
-                             [2.0, 1 + 0.5 * 3.5, 1 + 0.5 * 4],
-                             [3 + 0.5 * 10, 1 + 0.5 * 5, 1 + 0.5 * 6],
-                             [4 + 0.5 * 100, 1 + 0.5 * 8, 6.0]])
+    expected = torch.tensor(
+        [
+            [1 + 0.5 * 2, 1 + 0.5 * 2.75, 1 + 0.5 * 3],
+            [2.0, 1 + 0.5 * 3.5, 1 + 0.5 * 4],
+            [3 + 0.5 * 10, 1 + 0.5 * 5, 1 + 0.5 * 6],
+            [4 + 0.5 * 100, 1 + 0.5 * 8, 6.0],
+        ]
+    )
     torch.testing.assert_close(returns, expected)
 
 
@@ -78,16 +82,15 @@ def test_obs_stats_match_numpy_and_travel_in_the_state_dict():
 
 
 def test_checkpoint_eval_and_resume(run_script, tmp_path):
-    result = run_script("lunarlander_nstep_ac.py", "--total-steps", "1024", "--eval-episodes", "0",
-                        "--save-model")
+    result = run_script("lunarlander_nstep_ac.py", "--total-steps", "1024", "--eval-episodes", "0", "--save-model")
     assert result.returncode == 0, result.stderr[-3000:]
     (checkpoint,) = glob.glob(str(tmp_path / "runs" / "*" / "checkpoint.pt"))
-    result = run_script("lunarlander_nstep_ac.py", "--eval-checkpoint", checkpoint,
-                        "--eval-episodes", "1")
+    result = run_script("lunarlander_nstep_ac.py", "--eval-checkpoint", checkpoint, "--eval-episodes", "1")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "over 1 fresh episodes: greedy mean return" in result.stdout
-    result = run_script("lunarlander_nstep_ac.py", "--resume", checkpoint, "--total-steps", "2048",
-                        "--eval-episodes", "0")
+    result = run_script(
+        "lunarlander_nstep_ac.py", "--resume", checkpoint, "--total-steps", "2048", "--eval-episodes", "0"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resumed from" in result.stdout
     assert len(run_dirs(tmp_path)) == 3
@@ -95,8 +98,9 @@ def test_checkpoint_eval_and_resume(run_script, tmp_path):
 
 def test_learns_to_stop_crashing(run_script, tmp_path):
     """A random policy scores about -180; a learning one should be far above that by 150k steps."""
-    result = run_script("lunarlander_nstep_ac.py", "--total-steps", "150000", "--eval-episodes",
-                        "0", "--seed", "1", timeout=240)
+    result = run_script(
+        "lunarlander_nstep_ac.py", "--total-steps", "150000", "--eval-episodes", "0", "--seed", "1", timeout=240
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     (run_dir,) = run_dirs(tmp_path)
     _, _, returns = read_episodes(os.path.join(run_dir, "metrics.csv"))
@@ -106,8 +110,17 @@ def test_learns_to_stop_crashing(run_script, tmp_path):
 
 
 def test_final_evaluation_reports_kept_model_greedy_and_sampled(run_script, tmp_path):
-    result = run_script("lunarlander_nstep_ac.py", "--total-steps", "4096", "--select-interval",
-                        "2048", "--select-episodes", "2", "--eval-episodes", "3")
+    result = run_script(
+        "lunarlander_nstep_ac.py",
+        "--total-steps",
+        "4096",
+        "--select-interval",
+        "2048",
+        "--select-episodes",
+        "2",
+        "--eval-episodes",
+        "3",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     (run_dir,) = run_dirs(tmp_path)
     evaluation = json.load(open(os.path.join(run_dir, "eval.json")))
@@ -117,13 +130,21 @@ def test_final_evaluation_reports_kept_model_greedy_and_sampled(run_script, tmp_
 
 
 def test_sigterm_saves_a_checkpoint_that_resumes(tmp_path, run_script):
-    state, _ = stop_with_signal(tmp_path, "lunarlander_nstep_ac.py",
-                                ["--total-steps", "10000000", "--log-interval", "2000"], signal.SIGTERM)
+    state, _ = stop_with_signal(
+        tmp_path, "lunarlander_nstep_ac.py", ["--total-steps", "10000000", "--log-interval", "2000"], signal.SIGTERM
+    )
     assert 2000 <= state["global_step"] < 10_000_000 and "kept_model" in state
     (run_dir,) = run_dirs(tmp_path)
-    result = run_script("lunarlander_nstep_ac.py", "--resume", os.path.join(run_dir, "checkpoint.pt"),
-                        "--total-steps", str(state["global_step"] + 1024), "--eval-episodes", "0",
-                        "--save-model")
+    result = run_script(
+        "lunarlander_nstep_ac.py",
+        "--resume",
+        os.path.join(run_dir, "checkpoint.pt"),
+        "--total-steps",
+        str(state["global_step"] + 1024),
+        "--eval-episodes",
+        "0",
+        "--save-model",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     resumed = [d for d in run_dirs(tmp_path) if d != run_dir][0]
     final = torch.load(os.path.join(resumed, "checkpoint.pt"), weights_only=True)

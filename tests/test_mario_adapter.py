@@ -3,6 +3,7 @@ the same trajectory on both emulator stacks. No torch: CI runs this file on Pyth
 
 Re-record the trajectory (on the legacy stack, the reference): python tests/test_mario_adapter.py
 """
+
 import hashlib
 import json
 import os
@@ -20,8 +21,24 @@ FIXTURE = os.path.join(REPO, "tests", "fixtures", "mario_trajectory.json")
 # "complex" action indices, (action, frames): walk right, bump the first ? block (a coin), stomp
 # the first Goomba, walk back left, then run and jump right over the pipes until a Goomba kills
 # Mario. It pays score and coins and moves left: where 9.x's own reward differs from 7.4.0's.
-PLAN = [(1, 120), (0, 10), (5, 30), (0, 5), (5, 40), (0, 20), (6, 25), (1, 150),
-        (2, 30), (1, 30), (2, 30), (1, 30), (2, 30), (1, 30), (2, 30), (1, 300)]
+PLAN = [
+    (1, 120),
+    (0, 10),
+    (5, 30),
+    (0, 5),
+    (5, 40),
+    (0, 20),
+    (6, 25),
+    (1, 150),
+    (2, 30),
+    (1, 30),
+    (2, 30),
+    (1, 30),
+    (2, 30),
+    (1, 30),
+    (2, 30),
+    (1, 300),
+]
 
 
 @pytest.fixture
@@ -122,7 +139,7 @@ def test_death_terminates(env):
 
 def test_clock_and_step_limit_truncate(env):
     env.reset(seed=0)
-    env.nes.ram[0x07f8:0x07fb] = [0, 0, 1]  # one tick left on the in-game clock
+    env.nes.ram[0x07F8:0x07FB] = [0, 0, 1]  # one tick left on the in-game clock
     for _ in range(200):
         _, _, terminated, truncated, info = env.step(0)
         if terminated or truncated:
@@ -136,9 +153,14 @@ def test_clock_and_step_limit_truncate(env):
 
 
 def test_import_prints_no_gym_banner():
-    result = subprocess.run([sys.executable, "-c", "import common.mario"], cwd=REPO,
-                            capture_output=True, text=True, timeout=60,
-                            env={**os.environ, "PYTHONWARNINGS": "default"})
+    result = subprocess.run(
+        [sys.executable, "-c", "import common.mario"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONWARNINGS": "default"},
+    )
     assert result.returncode == 0 and result.stderr == "", result.stderr
 
 
@@ -154,8 +176,7 @@ def play(actions) -> tuple[list, list]:
     start, rows = [frame_hash(obs), info["x_pos"]], []
     for action in actions:
         obs, reward, terminated, truncated, info = env.step(action)
-        rows.append([action, frame_hash(obs), info["x_pos"], reward, terminated, truncated,
-                     info["flag_get"]])
+        rows.append([action, frame_hash(obs), info["x_pos"], reward, terminated, truncated, info["flag_get"]])
         if terminated or truncated:
             break
     env.close()
@@ -204,13 +225,14 @@ def record():
         sys.exit("record on the legacy stack (Python < 3.13): it is the reference")
     start, rows = play([action for action, frames in PLAN for _ in range(frames)])
     assert rows[-1][4] and not rows[-1][6], "the plan must end at Mario's first death"
-    meta = {"about": "common/mario.py on gym-super-mario-bros 7.4.0 / nes-py 8.2.1, 1-1 from reset "
-                     "to the first death, one NES frame a step. frame: the first 16 hex digits of "
-                     "the sha1 of the (240, 256, 3) uint8 RGB bytes. Written by record() in "
-                     "tests/test_mario_adapter.py",
-            "columns": ["action", "frame", "x_pos", "reward", "terminated", "truncated",
-                        "flag_get"],
-            "reset": start}
+    meta = {
+        "about": "common/mario.py on gym-super-mario-bros 7.4.0 / nes-py 8.2.1, 1-1 from reset "
+        "to the first death, one NES frame a step. frame: the first 16 hex digits of "
+        "the sha1 of the (240, 256, 3) uint8 RGB bytes. Written by record() in "
+        "tests/test_mario_adapter.py",
+        "columns": ["action", "frame", "x_pos", "reward", "terminated", "truncated", "flag_get"],
+        "reset": start,
+    }
     header = "".join(f" {json.dumps(k)}: {json.dumps(v)},\n" for k, v in meta.items())
     steps = ",\n".join("  " + json.dumps(row, separators=(",", ":")) for row in rows)
     with open(FIXTURE, "w") as f:  # one step a line: a diff shows which steps changed

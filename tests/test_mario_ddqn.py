@@ -1,5 +1,6 @@
 """mario_ddqn.py: the Double-DQN target, the frame replay buffer, preprocessing, learning, clean
 stops and exact resumes, the no-op-start evaluation, and one-line errors."""
+
 import csv
 import json
 import os
@@ -67,10 +68,15 @@ def test_replay_rebuilds_stacks_and_n_step_returns_across_episodes_and_wraparoun
         steps = 1
         while steps < 3 and not done and next_stack[-1] in reference:  # no transition: episode end
             _, _, reward, next_stack, done = reference[next_stack[-1]]
-            ret, steps = ret + 0.5 ** steps * reward, steps + 1
-        got = (obs[i, :, 0].tolist(), int(actions[i]), next_stack == next_obs[i, :, 0].tolist(),
-               float(terminated[i]), float(discount[i]))
-        assert got == (stack, action, True, done, 0.5 ** steps), (got, key)
+            ret, steps = ret + 0.5**steps * reward, steps + 1
+        got = (
+            obs[i, :, 0].tolist(),
+            int(actions[i]),
+            next_stack == next_obs[i, :, 0].tolist(),
+            float(terminated[i]),
+            float(discount[i]),
+        )
+        assert got == (stack, action, True, done, 0.5**steps), (got, key)
         assert abs(float(returns[i]) - ret) < 1e-3 * ret, (float(returns[i]), ret)
         seen.add(key)
         steps_seen.add(steps)
@@ -101,10 +107,28 @@ def test_learning_short_horizon(run_script, tmp_path):
     clears anything; it shows that the update learns (the Q-values of visited states rise from
     ~0 toward their discounted return) and that acting on it pays: after exploration, episodes
     end well to the right of the start (x = 40), mostly at the first Goomba (x ~ 300)."""
-    result = run_script("mario_ddqn.py", "--actions", "complex", "--total-steps", "4000",
-                        "--learning-starts", "500", "--buffer-size", "5000",
-                        "--target-update-interval", "250", "--exploration-steps", "1000",
-                        "--seed", "1", "--eval-episodes", "0", "--log-interval", "500", timeout=400)
+    result = run_script(
+        "mario_ddqn.py",
+        "--actions",
+        "complex",
+        "--total-steps",
+        "4000",
+        "--learning-starts",
+        "500",
+        "--buffer-size",
+        "5000",
+        "--target-update-interval",
+        "250",
+        "--exploration-steps",
+        "1000",
+        "--seed",
+        "1",
+        "--eval-episodes",
+        "0",
+        "--log-interval",
+        "500",
+        timeout=400,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     (run_dir,) = run_dirs(tmp_path)
     with open(os.path.join(run_dir, "metrics.csv"), newline="") as f:
@@ -120,8 +144,19 @@ def test_checkpoint_resume_and_play(run_script, tmp_path):
     """The checkpoint --save-model leaves holds the step count; --resume goes on from there, and
     --eval-checkpoint plays the saved network and records the episode. weights.pt holds the
     network alone (the weights-only form plays in test_evaluation_from_power_on_then_no_op_starts)."""
-    short = ("--buffer-size", "1000", "--learning-starts", "100", "--eval-episodes", "0", "--save-model",
-             "--checkpoint-interval", "300", "--log-interval", "150")
+    short = (
+        "--buffer-size",
+        "1000",
+        "--learning-starts",
+        "100",
+        "--eval-episodes",
+        "0",
+        "--save-model",
+        "--checkpoint-interval",
+        "300",
+        "--log-interval",
+        "150",
+    )
     result = run_script("mario_ddqn.py", "--total-steps", "450", *short)
     assert result.returncode == 0, result.stderr[-3000:]
     (first,) = run_dirs(tmp_path)
@@ -130,13 +165,13 @@ def test_checkpoint_resume_and_play(run_script, tmp_path):
     weights = torch.load(os.path.join(first, "weights.pt"), weights_only=True)
     assert sorted(weights) == ["args", "q_net", "script"]
     # resumed with random starts (--train-noops), as pretrained/mario_ddqn_1-1.pt was fine-tuned
-    result = run_script("mario_ddqn.py", "--total-steps", "600", "--resume", checkpoint, "--train-noops", "30",
-                        *short)
+    result = run_script("mario_ddqn.py", "--total-steps", "600", "--resume", checkpoint, "--train-noops", "30", *short)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resumed at step 450" in result.stdout and "step       600/600" in result.stdout
     assert "step       150/600" not in result.stdout  # the step count went on from 450
-    result = run_script("mario_ddqn.py", "--eval-checkpoint", checkpoint, "--eval-episodes", "2",
-                        "--eval-patience", "20")
+    result = run_script(
+        "mario_ddqn.py", "--eval-checkpoint", checkpoint, "--eval-episodes", "2", "--eval-patience", "20"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "greedy evaluation over 2 episodes" in result.stdout
     assert os.path.getsize(os.path.join(run_dirs(tmp_path)[-1], "videos", "eval.mp4")) > 0
@@ -152,18 +187,45 @@ def test_stop_signal_saves_a_checkpoint_that_resumes_exactly(tmp_path, run_scrip
     """SIGTERM to the process, or Ctrl-C to its group (started with SIGINT ignored, as a background
     job), without --save-model: the step in progress completes, the checkpoint is written, the run
     exits 143/130. --resume with another --total-steps continues the step count and epsilon."""
-    short = ["--learning-starts", "20", "--batch-size", "16", "--buffer-size", "500",
-             "--exploration-steps", "2000", "--log-interval", "50"]
-    state, _ = stop_with_signal(tmp_path, "mario_ddqn.py", ["--total-steps", "1000000", *short], signum,
-                                to_group=signum == signal.SIGINT)
-    assert sorted(state) == ["args", "global_step", "optimizer", "q_net", "rng", "script", "target_net",
-                             "time_s"]  # no replay buffer: it refills
+    short = [
+        "--learning-starts",
+        "20",
+        "--batch-size",
+        "16",
+        "--buffer-size",
+        "500",
+        "--exploration-steps",
+        "2000",
+        "--log-interval",
+        "50",
+    ]
+    state, _ = stop_with_signal(
+        tmp_path, "mario_ddqn.py", ["--total-steps", "1000000", *short], signum, to_group=signum == signal.SIGINT
+    )
+    assert sorted(state) == [
+        "args",
+        "global_step",
+        "optimizer",
+        "q_net",
+        "rng",
+        "script",
+        "target_net",
+        "time_s",
+    ]  # no replay buffer: it refills
     stopped_at = state["global_step"]
     assert 50 <= stopped_at < 1_000_000 and state["args"]["exploration_steps"] == 2000
     (first,) = run_dirs(tmp_path)
     assert os.path.exists(os.path.join(first, "weights.pt"))
-    result = run_script("mario_ddqn.py", "--resume", os.path.join(first, "checkpoint.pt"), "--total-steps",
-                        str(stopped_at + 120), "--eval-episodes", "0", *short)
+    result = run_script(
+        "mario_ddqn.py",
+        "--resume",
+        os.path.join(first, "checkpoint.pt"),
+        "--total-steps",
+        str(stopped_at + 120),
+        "--eval-episodes",
+        "0",
+        *short,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"resumed at step {stopped_at}; the replay buffer refills for 20 steps" in result.stdout
     (resumed,) = [d for d in run_dirs(tmp_path) if d != first]
@@ -183,10 +245,25 @@ def test_evaluation_from_power_on_then_no_op_starts(run_script, tmp_path):
     from --seed; eval.json has each episode's no-op count, x_pos and flag, and the number of flags."""
     torch.manual_seed(0)
     weights = tmp_path / "weights.pt"
-    torch.save({"script": "mario_ddqn", "q_net": m.QNetwork(len(ACTION_SETS["right_only"])).state_dict(),
-                "args": asdict(m.Args())}, weights)
-    result = run_script("mario_ddqn.py", "--eval-checkpoint", str(weights), "--eval-episodes", "4",
-                        "--eval-patience", "10", "--seed", "5")
+    torch.save(
+        {
+            "script": "mario_ddqn",
+            "q_net": m.QNetwork(len(ACTION_SETS["right_only"])).state_dict(),
+            "args": asdict(m.Args()),
+        },
+        weights,
+    )
+    result = run_script(
+        "mario_ddqn.py",
+        "--eval-checkpoint",
+        str(weights),
+        "--eval-episodes",
+        "4",
+        "--eval-patience",
+        "10",
+        "--seed",
+        "5",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     (run_dir,) = run_dirs(tmp_path)
     evaluation = json.load(open(os.path.join(run_dir, "eval.json")))
@@ -210,23 +287,37 @@ def test_shipped_model_loads_weights_only_and_plays(run_script, tmp_path):
     assert json.load(open(os.path.join(run_dir, "eval.json")))["results"][0]["x_pos"] > 1000
 
 
-@pytest.mark.parametrize("case", ["actions", "exploration", "epsilon", "cartpole", "weights_only",
-                                  "other_actions", "already_done", "noops"])
+@pytest.mark.parametrize(
+    "case", ["actions", "exploration", "epsilon", "cartpole", "weights_only", "other_actions", "already_done", "noops"]
+)
 def test_bad_input_is_one_line_error(case, run_script, tmp_path):
     """What a new user might try: one `error:` line, a non-zero exit, no run directory."""
     saved = str(tmp_path / "saved.pt")
     q_net = m.QNetwork(len(ACTION_SETS["right_only"])).state_dict()
-    files = {"cartpole": {"script": "cartpole_dqn", "q_net": {}},
-             "weights_only": {"script": "mario_ddqn", "q_net": q_net, "args": asdict(m.Args())},
-             "other_actions": {"script": "mario_ddqn", "q_net": {}, "args": asdict(m.Args(actions="right"))},
-             "already_done": {"script": "mario_ddqn", "q_net": q_net, "args": asdict(m.Args()),
-                              "global_step": 500_000, "optimizer": {}}}
+    files = {
+        "cartpole": {"script": "cartpole_dqn", "q_net": {}},
+        "weights_only": {"script": "mario_ddqn", "q_net": q_net, "args": asdict(m.Args())},
+        "other_actions": {"script": "mario_ddqn", "q_net": {}, "args": asdict(m.Args(actions="right"))},
+        "already_done": {
+            "script": "mario_ddqn",
+            "q_net": q_net,
+            "args": asdict(m.Args()),
+            "global_step": 500_000,
+            "optimizer": {},
+        },
+    }
     if case in files:
         torch.save(files[case], saved)
-    argv = {"actions": ["--actions", "bogus"], "exploration": ["--exploration-steps", "0"],
-            "epsilon": ["--end-epsilon", "2"], "cartpole": ["--resume", saved],
-            "weights_only": ["--resume", saved], "other_actions": ["--eval-checkpoint", saved],
-            "already_done": ["--resume", saved], "noops": ["--train-noops", "-1"]}[case]
+    argv = {
+        "actions": ["--actions", "bogus"],
+        "exploration": ["--exploration-steps", "0"],
+        "epsilon": ["--end-epsilon", "2"],
+        "cartpole": ["--resume", saved],
+        "weights_only": ["--resume", saved],
+        "other_actions": ["--eval-checkpoint", saved],
+        "already_done": ["--resume", saved],
+        "noops": ["--train-noops", "-1"],
+    }[case]
     result = run_script("mario_ddqn.py", *argv, timeout=60)
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()

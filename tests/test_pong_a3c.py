@@ -1,5 +1,6 @@
 """pong_a3c.py: pieces of the algorithm, the colour video, a smoke run and resume, stops by signal,
 a dead worker, the shipped model."""
+
 import csv
 import json
 import os
@@ -27,7 +28,8 @@ def test_a3c_loss_pushes_up_advantaged_actions():
     logits = torch.zeros(2, 3, requires_grad=True)
     values = torch.zeros(2, requires_grad=True)
     loss, (policy_loss, value_loss, entropy) = m.a3c_loss(
-        logits, values, torch.tensor([0, 1]), torch.tensor([1.0, -1.0]), vf_coef=0.5, ent_coef=0.0)
+        logits, values, torch.tensor([0, 1]), torch.tensor([1.0, -1.0]), vf_coef=0.5, ent_coef=0.0
+    )
     loss.backward()
     assert logits.grad[0, 0] < 0 and logits.grad[1, 1] > 0  # gradient descent raises π(a0|s0)
     np.testing.assert_allclose(value_loss.item(), 0.5)
@@ -68,8 +70,18 @@ def read_log_steps(run_dir):
 
 
 def test_smoke_and_resume(run_script, tmp_path):
-    result = run_script("pong_a3c.py", "--total-steps", "2000", "--n-workers", "2",
-                        "--eval-episodes", "1", "--log-interval", "500", timeout=120)
+    result = run_script(
+        "pong_a3c.py",
+        "--total-steps",
+        "2000",
+        "--n-workers",
+        "2",
+        "--eval-episodes",
+        "1",
+        "--log-interval",
+        "500",
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     (run_dir,) = run_dirs(tmp_path)
     for name in ("metrics.csv", "eval.json", "learning_curve.png", "checkpoint.pt"):
@@ -77,9 +89,20 @@ def test_smoke_and_resume(run_script, tmp_path):
     state = torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=True)
     assert state["global_step"] >= 2000 and state["optimizer"]["state"][0]["step"] > 0
 
-    result = run_script("pong_a3c.py", "--resume", os.path.join(run_dir, "checkpoint.pt"),
-                        "--total-steps", "3000", "--n-workers", "1", "--eval-episodes", "0",
-                        "--log-interval", "200", timeout=120)
+    result = run_script(
+        "pong_a3c.py",
+        "--resume",
+        os.path.join(run_dir, "checkpoint.pt"),
+        "--total-steps",
+        "3000",
+        "--n-workers",
+        "1",
+        "--eval-episodes",
+        "0",
+        "--log-interval",
+        "200",
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     resumed = [d for d in run_dirs(tmp_path) if d != run_dir][0]
     steps = read_log_steps(resumed)
@@ -89,9 +112,20 @@ def test_smoke_and_resume(run_script, tmp_path):
 def resume_goes_on(run_script, tmp_path, state, more_steps: int) -> None:
     """--resume from the checkpoint of the (only) run so far: the step count goes on from there."""
     (run_dir,) = run_dirs(tmp_path)
-    result = run_script("pong_a3c.py", "--resume", os.path.join(run_dir, "checkpoint.pt"), "--total-steps",
-                        str(state["global_step"] + more_steps), "--n-workers", "1", "--eval-episodes", "0",
-                        "--log-interval", "100", timeout=120)
+    result = run_script(
+        "pong_a3c.py",
+        "--resume",
+        os.path.join(run_dir, "checkpoint.pt"),
+        "--total-steps",
+        str(state["global_step"] + more_steps),
+        "--n-workers",
+        "1",
+        "--eval-episodes",
+        "0",
+        "--log-interval",
+        "100",
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     resumed = [d for d in run_dirs(tmp_path) if d != run_dir][0]
     steps = read_log_steps(resumed)
@@ -103,9 +137,22 @@ def resume_goes_on(run_script, tmp_path, state, more_steps: int) -> None:
 def test_sigterm_saves_a_checkpoint_that_resumes(run_script, tmp_path):
     """SIGTERM mid-training, without --save-model: the workers and the evaluator stop, the checkpoint
     is written all the same, exit 143."""
-    state, _ = stop_with_signal(tmp_path, "pong_a3c.py", [
-        "--total-steps", "10000000", "--n-workers", "2", "--log-interval", "500", "--eval-interval", "1000",
-        "--no-save-model"], signal.SIGTERM)
+    state, _ = stop_with_signal(
+        tmp_path,
+        "pong_a3c.py",
+        [
+            "--total-steps",
+            "10000000",
+            "--n-workers",
+            "2",
+            "--log-interval",
+            "500",
+            "--eval-interval",
+            "1000",
+            "--no-save-model",
+        ],
+        signal.SIGTERM,
+    )
     assert state["global_step"] >= 500 and state["optimizer"]["state"][0]["step"] > 0
     resume_goes_on(run_script, tmp_path, state, 300)
 
@@ -114,17 +161,32 @@ def test_ctrl_c_to_the_group_while_children_start(run_script, tmp_path):
     """A terminal's Ctrl-C reaches every process of the group. Sent while the children are still
     importing torch, it used to kill them with a KeyboardInterrupt (exit 1); now they ignore it from
     birth and the main process stops them: exit 130, a checkpoint, no traceback."""
-    state, _ = stop_with_signal(tmp_path, "pong_a3c.py", [
-        "--total-steps", "10000000", "--n-workers", "2", "--log-interval", "500", "--eval-interval", "1000"],
-        signal.SIGINT, ready=r"training: Ctrl-C", to_group=True)
+    state, _ = stop_with_signal(
+        tmp_path,
+        "pong_a3c.py",
+        ["--total-steps", "10000000", "--n-workers", "2", "--log-interval", "500", "--eval-interval", "1000"],
+        signal.SIGINT,
+        ready=r"training: Ctrl-C",
+        to_group=True,
+    )
     stderr = (tmp_path / "stderr.txt").read_text()
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-3000:]
     resume_goes_on(run_script, tmp_path, state, 300)
 
 
 def test_dead_worker_is_reported_and_run_exits_nonzero(tmp_path):
-    proc, out, err = start_script(tmp_path, "pong_a3c.py", "--total-steps", "10000000", "--n-workers", "2",
-                                  "--log-interval", "500", "--eval-interval", "0")
+    proc, out, err = start_script(
+        tmp_path,
+        "pong_a3c.py",
+        "--total-steps",
+        "10000000",
+        "--n-workers",
+        "2",
+        "--log-interval",
+        "500",
+        "--eval-interval",
+        "0",
+    )
     (victim,) = wait_for(out, r"worker 1 pid (\d+)", proc)
     wait_for(out, r"step +\d+/", proc)
     children = descendants(proc.pid)
@@ -145,11 +207,31 @@ def test_returns_improve_on_breakout_within_minutes(run_script, tmp_path):
     at 0.25, the setting this test was seen failing with when learning was disabled. The timeout
     only guards against a hang: the pass criterion counts steps, and CI hosts have run this at a
     third of this machine's speed (430 steps/s, about 8 minutes)."""
-    result = run_script("pong_a3c.py", "--env-id", "ALE/Breakout-v5", "--n-workers", "2",
-                        "--envs-per-worker", "4", "--learning-rate", "5e-4", "--total-steps",
-                        "200000", "--eval-interval", "0", "--eval-episodes", "0", "--no-save-model",
-                        "--log-interval", "20000", "--seed", "1", "--sticky-actions", "0.25",
-                        timeout=900)
+    result = run_script(
+        "pong_a3c.py",
+        "--env-id",
+        "ALE/Breakout-v5",
+        "--n-workers",
+        "2",
+        "--envs-per-worker",
+        "4",
+        "--learning-rate",
+        "5e-4",
+        "--total-steps",
+        "200000",
+        "--eval-interval",
+        "0",
+        "--eval-episodes",
+        "0",
+        "--no-save-model",
+        "--log-interval",
+        "20000",
+        "--seed",
+        "1",
+        "--sticky-actions",
+        "0.25",
+        timeout=900,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     (run_dir,) = run_dirs(tmp_path)
     with open(os.path.join(run_dir, "metrics.csv")) as f:

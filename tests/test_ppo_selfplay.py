@@ -1,5 +1,6 @@
 """ppo_selfplay.py: the Pong duel (mirroring, scoring, determinism), the PPO pieces, a short learning
 run, and stops by signal that save the whole run and leave no worker behind."""
+
 import csv
 import json
 import os
@@ -18,8 +19,10 @@ from conftest import REPO, run_dirs, stop_with_signal
 def random_state(env: m.PongDuel, rng) -> None:
     """A mid-rally state: the ball well inside the table so that no one scores on the next step."""
     n = env.n
-    env.ball[:] = np.stack([rng.uniform(0.2, 0.8, n), rng.uniform(0.1, 0.9, n),
-                            rng.uniform(-0.03, 0.03, n), rng.uniform(-0.03, 0.03, n)], 1)
+    env.ball[:] = np.stack(
+        [rng.uniform(0.2, 0.8, n), rng.uniform(0.1, 0.9, n), rng.uniform(-0.03, 0.03, n), rng.uniform(-0.03, 0.03, n)],
+        1,
+    )
     env.paddles[:] = rng.uniform(m.PADDLE_HALF, 1 - m.PADDLE_HALF, (n, 2))
     env.t[:] = rng.integers(0, 100, n)
 
@@ -134,9 +137,12 @@ def test_same_seed_same_games():
 def test_family_split_is_disjoint_in_every_style_parameter():
     """Held-out bots draw each style parameter from bins 1 and 3 of its range, training and validation
     bots from bins 0 and 2; skill parameters stay in their shared range. The draws are fixed by seed."""
+
     def bins(bots):
-        return {name: {k: int(4 * (p[k] - lo) / (hi - lo)) for k, (lo, hi) in m.STYLE.items()}
-                for name, p in bots.items()}
+        return {
+            name: {k: int(4 * (p[k] - lo) / (hi - lo)) for k, (lo, hi) in m.STYLE.items()} for name, p in bots.items()
+        }
+
     trained = m.family("train_", 50, seed=7)
     for group, allowed in ((trained, {0, 2}), (m.VALIDATION, {0, 2}), (m.HELD_OUT, {1, 3, 4})):
         assert all(set(b.values()) <= allowed for b in bins(group).values()), group
@@ -209,8 +215,18 @@ def test_gae_hand_computed():
 
 def test_learns_to_beat_random_bot(run_script, tmp_path):
     """A short run (about half a minute here) beats the random bot in >= 80% of greedy games."""
-    result = run_script("ppo_selfplay.py", "--total-steps", "2000000", "--n-workers", "0", "--seed", "1",
-                        "--eval-episodes", "50", timeout=240)
+    result = run_script(
+        "ppo_selfplay.py",
+        "--total-steps",
+        "2000000",
+        "--n-workers",
+        "0",
+        "--seed",
+        "1",
+        "--eval-episodes",
+        "50",
+        timeout=240,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     (run_dir,) = run_dirs(tmp_path)
     with open(os.path.join(run_dir, "eval.json")) as f:
@@ -222,19 +238,42 @@ def test_learns_to_beat_random_bot(run_script, tmp_path):
 def test_self_play_best_model_resume_and_eval_checkpoint(run_script, tmp_path):
     """With a curriculum that any game passes, a short run reaches self-play: snapshots join the pool,
     the panel picks a best model; then --resume continues and --eval-checkpoint films a match."""
-    fast = ["--n-games", "64", "--n-steps", "32", "--curriculum-threshold", "0", "--curriculum-window", "1",
-            "--snapshot-interval", "2", "--panel-games", "2", "--log-interval", "50000"]
+    fast = [
+        "--n-games",
+        "64",
+        "--n-steps",
+        "32",
+        "--curriculum-threshold",
+        "0",
+        "--curriculum-window",
+        "1",
+        "--snapshot-interval",
+        "2",
+        "--panel-games",
+        "2",
+        "--log-interval",
+        "50000",
+    ]
     result = run_script("ppo_selfplay.py", "--total-steps", "200000", "--save-model", "--eval-episodes", "1", *fast)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "new best model" in result.stdout and "Elo ratings" in result.stdout
     (run_dir,) = run_dirs(tmp_path)
     with open(os.path.join(run_dir, "metrics.csv")) as f:
         assert ",snap_" in f.read()  # games against snapshots were played and logged
-    resumed = run_script("ppo_selfplay.py", "--total-steps", "250000", "--eval-episodes", "0",
-                         "--resume", os.path.join(run_dir, "checkpoint.pt"), *fast)
+    resumed = run_script(
+        "ppo_selfplay.py",
+        "--total-steps",
+        "250000",
+        "--eval-episodes",
+        "0",
+        "--resume",
+        os.path.join(run_dir, "checkpoint.pt"),
+        *fast,
+    )
     assert resumed.returncode == 0 and "resumed from" in resumed.stdout, resumed.stderr[-3000:]
-    evaluated = run_script("ppo_selfplay.py", "--eval-checkpoint", os.path.join(run_dir, "best.pt"),
-                           "--eval-episodes", "2")
+    evaluated = run_script(
+        "ppo_selfplay.py", "--eval-checkpoint", os.path.join(run_dir, "best.pt"), "--eval-episodes", "2"
+    )
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     eval_dir = [d for d in run_dirs(tmp_path) if d != run_dir][-1]
     assert os.path.getsize(os.path.join(eval_dir, "videos", "eval.mp4")) > 0
@@ -244,8 +283,22 @@ def test_self_play_best_model_resume_and_eval_checkpoint(run_script, tmp_path):
     assert result["held_out_worst"] in m.HELD_OUT and result["held_out"] == m.HELD_OUT
 
 
-FAST = ["--n-games", "64", "--n-steps", "32", "--curriculum-threshold", "0", "--curriculum-window", "1",
-        "--snapshot-interval", "2", "--panel-games", "2", "--log-interval", "2048"]  # 2048 steps an update
+FAST = [
+    "--n-games",
+    "64",
+    "--n-steps",
+    "32",
+    "--curriculum-threshold",
+    "0",
+    "--curriculum-window",
+    "1",
+    "--snapshot-interval",
+    "2",
+    "--panel-games",
+    "2",
+    "--log-interval",
+    "2048",
+]  # 2048 steps an update
 BATCH = 64 * 32
 LONG_RUN = ["--total-steps", "100000000", "--n-workers", "2", *FAST]
 
@@ -254,8 +307,17 @@ def resume(run_script, tmp_path, state, more_updates: int, *args: str):
     """--resume the (only) run so far for `more_updates` updates: (result, run directory, metrics rows)."""
     (run_dir,) = run_dirs(tmp_path)
     total = str((state["update"] + more_updates) * BATCH)
-    result = run_script("ppo_selfplay.py", "--resume", os.path.join(run_dir, "checkpoint.pt"),
-                        "--total-steps", total, "--eval-episodes", "0", *FAST, *args)
+    result = run_script(
+        "ppo_selfplay.py",
+        "--resume",
+        os.path.join(run_dir, "checkpoint.pt"),
+        "--total-steps",
+        total,
+        "--eval-episodes",
+        "0",
+        *FAST,
+        *args,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     resumed = [d for d in run_dirs(tmp_path) if d != run_dir][0]
     with open(os.path.join(resumed, "metrics.csv")) as f:
@@ -266,8 +328,7 @@ def test_sigterm_saves_the_whole_run_and_resume_goes_on(run_script, tmp_path):
     """SIGTERM once self-play has judged a best model, without --save-model: the checkpoint holds the
     step count, the curriculum level, the league, the Elo table and the best model, and --resume
     continues from all of them."""
-    state, text = stop_with_signal(tmp_path, "ppo_selfplay.py", LONG_RUN, signal.SIGTERM,
-                                   ready="new best model")
+    state, text = stop_with_signal(tmp_path, "ppo_selfplay.py", LONG_RUN, signal.SIGTERM, ready="new best model")
     update, n_bots = state["update"], len(m.BOTS)
     assert f"stopped by SIGTERM at step {update * BATCH}" in text
     assert state["level"] == n_bots and state["best_actor"] is not None and state["best_score"] >= 0
@@ -295,13 +356,16 @@ def test_sigterm_saves_the_whole_run_and_resume_goes_on(run_script, tmp_path):
 def test_ctrl_c_to_the_group_while_workers_start(run_script, tmp_path):
     """A terminal's Ctrl-C reaches the workers too. Sent while they are still importing torch, it used
     to kill them; now they ignore it from birth and the learner stops them: exit 130, a checkpoint."""
-    state, _ = stop_with_signal(tmp_path, "ppo_selfplay.py", LONG_RUN, signal.SIGINT,
-                                ready="training: Ctrl-C", to_group=True)
+    state, _ = stop_with_signal(
+        tmp_path, "ppo_selfplay.py", LONG_RUN, signal.SIGINT, ready="training: Ctrl-C", to_group=True
+    )
     stderr = (tmp_path / "stderr.txt").read_text()
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-3000:]
     _, _, rows = resume(run_script, tmp_path, state, 2)  # the step count goes on from the stop
     assert [int(r["global_step"]) for r in rows if r["kind"] == "log"] == [
-        (state["update"] + 1) * BATCH, (state["update"] + 2) * BATCH]
+        (state["update"] + 1) * BATCH,
+        (state["update"] + 2) * BATCH,
+    ]
 
 
 def test_shipped_model_loads_weights_only_and_plays(run_script, tmp_path):
@@ -322,7 +386,10 @@ def test_point_accounting_of_the_selfplay_points_benchmark():
     """benchmarks/selfplay_points.py counts the same points play() scores, and a paddle that never
     moves is at the centre at every return."""
     import importlib.util
-    spec = importlib.util.spec_from_file_location("selfplay_points", os.path.join(REPO, "benchmarks", "selfplay_points.py"))
+
+    spec = importlib.util.spec_from_file_location(
+        "selfplay_points", os.path.join(REPO, "benchmarks", "selfplay_points.py")
+    )
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     stay = lambda obs: np.ones(len(obs), dtype=np.int64)  # noqa: E731

@@ -1,4 +1,5 @@
 """Every top-level script: a 2000-step smoke run, and one-line errors for bad command lines."""
+
 import glob
 import os
 
@@ -25,8 +26,7 @@ def test_smoke(script, run_script, tmp_path):
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
-@pytest.mark.parametrize("bad", [["--no-such-flag"], ["--total-steps", "-5"],
-                                 ["--resume", "does/not/exist.pt"]])
+@pytest.mark.parametrize("bad", [["--no-such-flag"], ["--total-steps", "-5"], ["--resume", "does/not/exist.pt"]])
 def test_bad_input_is_one_line_error(script, bad, run_script, tmp_path):
     result = run_script(script, *bad, timeout=60)
     assert result.returncode != 0
