@@ -22,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common.metrics import read_episodes  # noqa: E402
-from common.utils import parse_args  # noqa: E402
+from common.run import parse_args  # noqa: E402
 
 
 @dataclass

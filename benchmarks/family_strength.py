@@ -1,5 +1,5 @@
-"""How strong each validation and held-out bot of ppo_selfplay.py's family is: its wins against
-`predictor` (and against itself for scale), as a markdown table.
+"""How strong each validation and held-out bot of the Pong duel's family (common/pong_duel.py) is: its
+wins against `predictor` (and against itself for scale), as a markdown table.
 
     python benchmarks/family_strength.py --games 200
 """
@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import ppo_selfplay as game  # noqa: E402
-from common.utils import parse_args  # noqa: E402
+import common.pong_duel as game  # noqa: E402
+from common.run import parse_args  # noqa: E402
 
 
 @dataclass

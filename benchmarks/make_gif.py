@@ -20,7 +20,7 @@ import imageio.v2 as imageio
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common.utils import parse_args  # noqa: E402
+from common.run import parse_args  # noqa: E402
 
 
 @dataclass

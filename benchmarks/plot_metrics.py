@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common.utils import parse_args  # noqa: E402
+from common.run import parse_args  # noqa: E402
 
 
 @dataclass
@@ -60,8 +60,9 @@ if __name__ == "__main__":
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(len(args.columns), 1, figsize=(8, 2.2 * len(args.columns)), sharex=True, squeeze=False)
-    for ax, column in zip(axes[:, 0], args.columns):
-        for run, label in zip(args.runs, args.labels or [os.path.basename(os.path.normpath(r)) for r in args.runs]):
+    for ax, column in zip(axes[:, 0], args.columns, strict=True):
+        labels = args.labels or [os.path.basename(os.path.normpath(run)) for run in args.runs]
+        for run, label in zip(args.runs, labels, strict=True):
             steps, values = series(os.path.join(run, "metrics.csv"), column, args.window)
             ax.plot(steps, values, label=label, lw=1)
         ax.set_ylabel(column)

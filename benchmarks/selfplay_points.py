@@ -13,15 +13,16 @@ from dataclasses import dataclass, field
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import ppo_selfplay as game  # noqa: E402
+import common.pong_duel as game  # noqa: E402
 from common.checkpoint import load_checkpoint  # noqa: E402
-from common.utils import parse_args  # noqa: E402
+from common.run import parse_args  # noqa: E402
+from ppo_selfplay import ActorCritic, as_policy  # noqa: E402
 
 
 @dataclass
 class Args:
     checkpoint: str = "pretrained/ppo_selfplay.pt"
-    """a best.pt, checkpoint.pt (its kept actor) or the shipped model"""
+    """a checkpoint.pt or the shipped model: its kept model plays"""
     games: int = 200
     """greedy games against each opponent"""
     opponents: list[str] = field(default_factory=lambda: ["predictor", "held_out_11", "held_out_9", "fast_tracker"])
@@ -71,9 +72,9 @@ if __name__ == "__main__":
     args = parse_args(Args)
     np.random.seed(args.seed)
     state = load_checkpoint(args.checkpoint, "ppo_selfplay")
-    actor = game.mlp(game.N_ACTIONS)
-    actor.load_state_dict(state.get("best_actor") or state["actor"])
-    policy = game.policy_fn(actor, "cpu", greedy=True)
+    model = ActorCritic()
+    model.load_state_dict(state["kept_model"])
+    policy = as_policy(model.actor, "cpu", greedy=True)
     print(
         "| opponent | points won | points lost | lost: on the serve | out of reach at the return | "
         "paddle off-centre at those returns | at every return (tables) |\n|---|---|---|---|---|---|---|"
@@ -81,6 +82,5 @@ if __name__ == "__main__":
     for name in args.opponents:
         bot = game.BOTS[name] if name in game.BOTS else game.scripted(**game.HELD_OUT[name])
         p = points(policy, bot, args.games, args.seed)
-        print(
-            f"| {name} | {p['won']} | {p['lost']} | {p['on_serve']} | {p['out_of_reach']} | {p['offset']:.2f} | {p['offset_all']:.2f} |"
-        )
+        counts = f"{p['won']} | {p['lost']} | {p['on_serve']} | {p['out_of_reach']}"
+        print(f"| {name} | {counts} | {p['offset']:.2f} | {p['offset_all']:.2f} |")

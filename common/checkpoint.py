@@ -59,6 +59,8 @@ def load_checkpoint(path: str, script: str, device="cpu") -> dict:
     if not isinstance(state, dict) or state.get("script") != script:
         found = state.get("script") if isinstance(state, dict) else type(state).__name__
         raise SystemExit(f"error: {path} is not a {script} checkpoint (found {found!r})")
+    if tuple(state) != KEYS:
+        raise SystemExit(f"error: {path} was written by an older version of {script} (keys {', '.join(state)})")
     return state
 
 

@@ -40,3 +40,56 @@ def test_link_pattern_finds_links_and_images(tmp_path):
         "[anchor](#top), [c](c.md#part).\n```\n[not a link](inside_code.md)\n```\n"
     )
     assert relative_links(str(page)) == ["docs/a.md", "b.png", "c.md"]
+
+
+SCRIPT_PAGES = sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))
+SECTIONS = ["Overview", "Usage", "Logged metrics", "Implementation details", "Results", "What was tried"]
+# Words of how the project was made, which a reference does not speak of: sessions, issues, commits.
+MAKING = re.compile(r"\bsessions?\b|\bthe issue\b|\bissues? #?\d|\bcommit [0-9a-f]{7}|\b[0-9a-f]{7,40}\b(?=\))", re.I)
+CITED = re.compile(r"docs/([a-z0-9_]+\.md)#([a-z0-9-]+)")
+
+
+def anchors(page: str) -> set[str]:
+    """GitHub's anchors of a page: its headings (lower case, punctuation dropped, spaces to hyphens)
+    and explicit <a id="..."> tags."""
+    text = FENCE.sub("", open(page, encoding="utf-8").read())
+    headings = re.findall(r"^#+\s+(.+?)\s*$", text, re.M)
+    slugs = {re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-") for heading in headings}
+    return slugs | set(re.findall(r'<a id="([^"]+)"', text))
+
+
+@pytest.mark.parametrize("page", SCRIPT_PAGES, ids=os.path.basename)
+def test_script_page_shape(page):
+    """Each page: the six sections in order, at most 180 lines, a page per script."""
+    lines = open(page, encoding="utf-8").read().splitlines()
+    sections = [line[3:].strip() for line in lines if line.startswith("## ")]
+    assert sections == SECTIONS, sections
+    assert len(lines) <= 180, f"{len(lines)} lines"
+    assert os.path.isfile(os.path.join(ROOT, os.path.basename(page)[:-3] + ".py"))
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: os.path.relpath(p, ROOT))
+def test_no_words_of_the_making(page):
+    text = open(page, encoding="utf-8").read()
+    assert not MAKING.findall(text), MAKING.findall(text)
+
+
+def test_readme_is_short():
+    assert len(open(PAGES[0], encoding="utf-8").read().splitlines()) <= 170
+
+
+def test_docs_sections_cited_in_code_exist():
+    """Every `docs/<page>.md#<anchor>` that a script or common/ cites names a real section."""
+    sources = glob.glob(os.path.join(ROOT, "*.py")) + glob.glob(os.path.join(ROOT, "common", "*.py"))
+    cited = {match for source in sources for match in CITED.findall(open(source, encoding="utf-8").read())}
+    assert cited
+    missing = sorted(
+        f"{page}#{anchor}" for page, anchor in cited if anchor not in anchors(os.path.join(ROOT, "docs", page))
+    )
+    assert not missing, missing
+
+
+def test_anchor_rules(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text('## Implementation details\n1. <a id="replay-buffer"></a>**Replay**\n### What, why? (n-step)\n')
+    assert anchors(str(page)) == {"implementation-details", "replay-buffer", "what-why-n-step"}

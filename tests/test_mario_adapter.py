@@ -14,8 +14,8 @@ import warnings
 import numpy as np
 import pytest
 
-from conftest import REPO
 from common.mario import ACTION_SETS, LEGACY, MarioEnv
+from conftest import REPO
 
 FIXTURE = os.path.join(REPO, "tests", "fixtures", "mario_trajectory.json")
 # "complex" action indices, (action, frames): walk right, bump the first ? block (a coin), stomp
@@ -88,7 +88,7 @@ def test_no_overflow_past_the_first_page(env):
             if terminated or truncated or info["x_pos"] > 300:
                 break
     assert max(xs) > 300, max(xs)
-    assert all(abs(b - a) <= 5 for a, b in zip(xs, xs[1:]))  # no wrap-around jump in x
+    assert all(abs(b - a) <= 5 for a, b in zip(xs, xs[1:], strict=False))  # no wrap-around jump in x
 
 
 def test_same_seed_same_actions_same_frames():
@@ -189,7 +189,7 @@ def test_replays_the_recorded_trajectory():
         recorded = json.load(f)
     start, rows = play([row[0] for row in recorded["steps"]])
     assert start == recorded["reset"]
-    for t, (here, there) in enumerate(zip(rows, recorded["steps"])):
+    for t, (here, there) in enumerate(zip(rows, recorded["steps"], strict=True)):
         assert here == there, f"step {t} {recorded['columns']}: {here} here, {there} recorded"
     assert len(rows) == len(recorded["steps"])
 

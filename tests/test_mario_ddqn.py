@@ -1,10 +1,15 @@
-"""mario_ddqn.py: the Double-DQN target, the frame replay buffer, preprocessing, learning, clean
-stops and exact resumes, the no-op-start evaluation, and one-line errors."""
+"""mario_ddqn.py: the Double-DQN target, the frame replay buffer, preprocessing, learning, the checkpoint
+schema, clean stops and exact resumes, the no-op-start evaluation, the shipped files, one-line errors.
+
+One short training run (the learning test's) is shared by the tests that need a trained checkpoint."""
 
 import csv
 import json
+import math
 import os
 import signal
+import subprocess
+import sys
 from dataclasses import asdict
 
 import numpy as np
@@ -12,9 +17,14 @@ import pytest
 import torch
 
 import mario_ddqn as m
+from common.checkpoint import KEYS
 from common.mario import ACTION_SETS, MarioEnv
 from common.metrics import read_episodes
+from common.run import evaluation_seed
 from conftest import REPO, run_dirs, stop_with_signal
+
+SHIPPED = os.path.join(REPO, "pretrained", "mario_ddqn_1-1.pt")
+COMMITTED_RUN = os.path.join(REPO, "benchmarks", "mario_run", "checkpoint.pt")
 
 
 class Fixed(torch.nn.Module):
@@ -101,80 +111,80 @@ def test_area_resize_and_preprocessing():
     env.close()
 
 
-def test_learning_short_horizon(run_script, tmp_path):
+def run_mario(runs_dir, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """conftest's run_script for a module-scoped fixture: `python mario_ddqn.py --runs-dir runs_dir args...`."""
+    command = [sys.executable, os.path.join(REPO, "mario_ddqn.py"), "--runs-dir", str(runs_dir), *args]
+    env = {**os.environ, "SDL_VIDEODRIVER": "dummy", "SDL_AUDIODRIVER": "dummy"}
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """The learning test's run (about 40 s here) with --save-model; its run directory. Its checkpoint
+    also feeds the schema and evaluation tests."""
+    runs = tmp_path_factory.mktemp("trained") / "runs"
+    result = run_mario(
+        runs,
+        *("--actions", "complex", "--total-steps", "4000", "--learning-starts", "500", "--buffer-size", "5000"),
+        *("--target-update-interval", "250", "--exploration-steps", "1000", "--seed", "1"),
+        *("--eval-episodes", "0", "--log-interval", "500", "--save-model", "--checkpoint-interval", "3000"),
+        timeout=400,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = [os.path.join(runs, d) for d in os.listdir(runs)]
+    return run_dir
+
+
+def test_learns_short_horizon(trained):
     """A reduced configuration of the same code path: 4000 steps with the 12-button action set,
     a small buffer, learning from step 500 and a fast target sync. It does not show that Mario
     clears anything; it shows that the update learns (the Q-values of visited states rise from
     ~0 toward their discounted return) and that acting on it pays: after exploration, episodes
     end well to the right of the start (x = 40), mostly at the first Goomba (x ~ 300)."""
-    result = run_script(
-        "mario_ddqn.py",
-        "--actions",
-        "complex",
-        "--total-steps",
-        "4000",
-        "--learning-starts",
-        "500",
-        "--buffer-size",
-        "5000",
-        "--target-update-interval",
-        "250",
-        "--exploration-steps",
-        "1000",
-        "--seed",
-        "1",
-        "--eval-episodes",
-        "0",
-        "--log-interval",
-        "500",
-        timeout=400,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    (run_dir,) = run_dirs(tmp_path)
-    with open(os.path.join(run_dir, "metrics.csv"), newline="") as f:
+    with open(os.path.join(trained, "metrics.csv"), newline="") as f:
         q_mean = [float(r["q_mean"]) for r in csv.DictReader(f) if r["kind"] == "log"][-1]
-    steps, _, x_pos = read_episodes(os.path.join(run_dir, "metrics.csv"), "x_pos")
+    steps, _, x_pos = read_episodes(os.path.join(trained, "metrics.csv"), "x_pos")
     after = x_pos[steps > 1500]  # episodes that ended once epsilon reached its floor (0.02)
     print(f"final q_mean {q_mean:.2f}; x_pos after exploration: {after.tolist()}")
     assert q_mean > 1.0, q_mean  # an untrained net's Q-values stay near 0
     assert len(after) >= 5 and after.mean() > 250, after.tolist()
 
 
-def test_checkpoint_resume_and_play(run_script, tmp_path):
-    """The checkpoint --save-model leaves holds the step count; --resume goes on from there, and
-    --eval-checkpoint plays the saved network and records the episode. weights.pt holds the
-    network alone (the weights-only form plays in test_evaluation_from_power_on_then_no_op_starts)."""
-    short = (
-        "--buffer-size",
-        "1000",
-        "--learning-starts",
-        "100",
-        "--eval-episodes",
-        "0",
-        "--save-model",
-        "--checkpoint-interval",
-        "300",
-        "--log-interval",
-        "150",
-    )
-    result = run_script("mario_ddqn.py", "--total-steps", "450", *short)
-    assert result.returncode == 0, result.stderr[-3000:]
-    (first,) = run_dirs(tmp_path)
-    checkpoint = os.path.join(first, "checkpoint.pt")
-    assert torch.load(checkpoint, weights_only=True)["global_step"] == 450
-    weights = torch.load(os.path.join(first, "weights.pt"), weights_only=True)
-    assert sorted(weights) == ["args", "q_net", "script"]
-    # resumed with random starts (--train-noops), as pretrained/mario_ddqn_1-1.pt was fine-tuned
-    result = run_script("mario_ddqn.py", "--total-steps", "600", "--resume", checkpoint, "--train-noops", "30", *short)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "resumed at step 450" in result.stdout and "step       600/600" in result.stdout
-    assert "step       150/600" not in result.stdout  # the step count went on from 450
+def test_checkpoint_is_the_one_file_with_the_shared_schema(trained):
+    """--save-model leaves checkpoint.pt alone (no weights.pt): the latest network is the kept one,
+    saved once, and resume_state holds the target network and both random streams."""
+    assert sorted(os.listdir(trained)) == ["checkpoint.pt", "metrics.csv"]
+    state = torch.load(os.path.join(trained, "checkpoint.pt"), weights_only=True)
+    assert tuple(state) == KEYS and state["script"] == "mario_ddqn" and state["args"]["actions"] == "complex"
+    assert state["global_step"] == state["kept_step"] == 4000 and math.isnan(state["kept_score"])
+    assert state["kept_model"] is state["model"] and state["optimizer"]["param_groups"][0]["lr"] == 2.5e-4
+    assert set(state["resume_state"]) == {"target_model", "rng"}
+    assert set(state["resume_state"]["rng"]) == {"explore", "replay"}
+    assert state["model"].keys() == state["resume_state"]["target_model"].keys()
+
+
+def test_eval_checkpoint_from_power_on_then_no_op_starts(trained, run_script, tmp_path):
+    """--eval-checkpoint plays the kept model and films episode 0, from power-on; the others start
+    after 0-30 no-op frames drawn from evaluation_seed(--seed); eval.json has each episode's return,
+    x_pos, flag, no-op count and length, and a summary line gives the flags."""
+    checkpoint = os.path.join(trained, "checkpoint.pt")
     result = run_script(
-        "mario_ddqn.py", "--eval-checkpoint", checkpoint, "--eval-episodes", "2", "--eval-patience", "20"
+        "mario_ddqn.py",
+        *("--eval-checkpoint", checkpoint, "--actions", "complex"),
+        *("--eval-episodes", "4", "--eval-patience", "10", "--seed", "5"),
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "greedy evaluation over 2 episodes" in result.stdout
-    assert os.path.getsize(os.path.join(run_dirs(tmp_path)[-1], "videos", "eval.mp4")) > 0
+    (run_dir,) = run_dirs(tmp_path)
+    assert os.path.getsize(os.path.join(run_dir, "videos", "eval.mp4")) > 0
+    assert not os.path.exists(os.path.join(run_dir, "metrics.csv"))  # no training happened
+    evaluation = json.load(open(os.path.join(run_dir, "eval.json")))
+    assert evaluation["episodes"] == 4 and evaluation["kept_step"] == 4000
+    episodes = evaluation["per_episode"]
+    noops = [episode["noops"] for episode in episodes]
+    assert noops == [0] + np.random.default_rng(evaluation_seed(5)).integers(31, size=3).tolist()
+    assert all(set(episode) == {"return", "x_pos", "flag_get", "noops", "length"} for episode in episodes)
+    flags = sum(episode["flag_get"] for episode in episodes)
+    assert flags == 0 and f"flags {flags}/4" in result.stdout and f"no-op frames {noops}" in result.stdout
 
 
 def log_rows(run_dir: str) -> list[dict]:
@@ -186,48 +196,28 @@ def log_rows(run_dir: str) -> list[dict]:
 def test_stop_signal_saves_a_checkpoint_that_resumes_exactly(tmp_path, run_script, signum):
     """SIGTERM to the process, or Ctrl-C to its group (started with SIGINT ignored, as a background
     job), without --save-model: the step in progress completes, the checkpoint is written, the run
-    exits 143/130. --resume with another --total-steps continues the step count and epsilon."""
+    exits 143/130. --resume with another --total-steps (and random starts, as the shipped model was
+    fine-tuned) continues the step count and epsilon."""
     short = [
-        "--learning-starts",
-        "20",
-        "--batch-size",
-        "16",
-        "--buffer-size",
-        "500",
-        "--exploration-steps",
-        "2000",
-        "--log-interval",
-        "50",
+        *("--learning-starts", "20", "--batch-size", "16", "--buffer-size", "500"),
+        *("--exploration-steps", "2000", "--log-interval", "50"),
     ]
     state, _ = stop_with_signal(
         tmp_path, "mario_ddqn.py", ["--total-steps", "1000000", *short], signum, to_group=signum == signal.SIGINT
     )
-    assert sorted(state) == [
-        "args",
-        "global_step",
-        "optimizer",
-        "q_net",
-        "rng",
-        "script",
-        "target_net",
-        "time_s",
-    ]  # no replay buffer: it refills
+    assert tuple(state) == KEYS  # no replay buffer: it refills
     stopped_at = state["global_step"]
     assert 50 <= stopped_at < 1_000_000 and state["args"]["exploration_steps"] == 2000
     (first,) = run_dirs(tmp_path)
-    assert os.path.exists(os.path.join(first, "weights.pt"))
+    assert not os.path.exists(os.path.join(first, "weights.pt"))
+    checkpoint = os.path.join(first, "checkpoint.pt")
     result = run_script(
         "mario_ddqn.py",
-        "--resume",
-        os.path.join(first, "checkpoint.pt"),
-        "--total-steps",
-        str(stopped_at + 120),
-        "--eval-episodes",
-        "0",
-        *short,
+        *("--resume", checkpoint, "--total-steps", str(stopped_at + 120), "--train-noops", "30"),
+        *("--eval-episodes", "0", *short),
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert f"resumed at step {stopped_at}; the replay buffer refills for 20 steps" in result.stdout
+    assert f"resumed from {checkpoint} at step {stopped_at}; the replay buffer refills first" in result.stdout
     (resumed,) = [d for d in run_dirs(tmp_path) if d != first]
     before, after = log_rows(first), log_rows(resumed)
     assert int(after[0]["global_step"]) == (stopped_at // 50 + 1) * 50  # counting went on
@@ -240,71 +230,66 @@ def test_stop_signal_saves_a_checkpoint_that_resumes_exactly(tmp_path, run_scrip
     assert float(after[0]["epsilon"]) < float(before[-1]["epsilon"]) < 1
 
 
-def test_evaluation_from_power_on_then_no_op_starts(run_script, tmp_path):
-    """A weights-only file plays: episode 0 from power-on, the others after 0-30 no-op frames drawn
-    from --seed; eval.json has each episode's no-op count, x_pos and flag, and the number of flags."""
-    torch.manual_seed(0)
-    weights = tmp_path / "weights.pt"
-    torch.save(
-        {
-            "script": "mario_ddqn",
-            "q_net": m.QNetwork(len(ACTION_SETS["right_only"])).state_dict(),
-            "args": asdict(m.Args()),
-        },
-        weights,
-    )
-    result = run_script(
-        "mario_ddqn.py",
-        "--eval-checkpoint",
-        str(weights),
-        "--eval-episodes",
-        "4",
-        "--eval-patience",
-        "10",
-        "--seed",
-        "5",
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    (run_dir,) = run_dirs(tmp_path)
-    evaluation = json.load(open(os.path.join(run_dir, "eval.json")))
-    noops = [episode["noops"] for episode in evaluation["results"]]
-    assert noops == [0] + np.random.default_rng(5).integers(31, size=3).tolist()
-    assert evaluation["episodes"] == 4 and evaluation["flags"] == 0
-    assert all({"x_pos", "flag_get", "noops"} <= set(episode) for episode in evaluation["results"])
-    assert f"no-op frames {noops}" in result.stdout
-
-
 def test_shipped_model_loads_weights_only_and_plays(run_script, tmp_path):
-    """pretrained/mario_ddqn_1-1.pt (the network alone) loads with weights_only=True and, through
-    --eval-checkpoint, plays a filmed greedy episode well past the first Goombas (an untrained network
-    stops near x_pos 300-700); whether it reaches the flag is a benchmark (docs), not this test."""
-    path = os.path.join(REPO, "pretrained", "mario_ddqn_1-1.pt")
-    assert set(torch.load(path, weights_only=True)) == {"script", "q_net", "args"}
-    result = run_script("mario_ddqn.py", "--eval-checkpoint", path, "--eval-episodes", "1", timeout=300)
+    """pretrained/mario_ddqn_1-1.pt (the kept network alone: model, optimizer and resume_state are
+    None) loads with weights_only=True and, through --eval-checkpoint, plays a filmed greedy episode
+    well past the first Goombas (an untrained network stops near x_pos 300-700); whether it reaches
+    the flag is a benchmark (docs), not this test."""
+    state = torch.load(SHIPPED, weights_only=True)
+    assert tuple(state) == KEYS and state["kept_step"] == state["global_step"] == 2_525_000
+    assert state["model"] is state["optimizer"] is state["resume_state"] is None
+    result = run_script("mario_ddqn.py", "--eval-checkpoint", SHIPPED, "--eval-episodes", "1", timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     (run_dir,) = run_dirs(tmp_path)
     assert os.path.getsize(os.path.join(run_dir, "videos", "eval.mp4")) > 0
-    assert json.load(open(os.path.join(run_dir, "eval.json")))["results"][0]["x_pos"] > 1000
+    evaluation = json.load(open(os.path.join(run_dir, "eval.json")))
+    assert evaluation["kept_step"] == 2_525_000 and evaluation["per_episode"][0]["x_pos"] > 1000
+
+
+def test_committed_run_checkpoint_resumes(run_script):
+    """benchmarks/mario_run/checkpoint.pt, the long run's latest, still resumes (a few steps here)."""
+    state = torch.load(COMMITTED_RUN, weights_only=True)
+    step = state["global_step"]
+    assert tuple(state) == KEYS and state["kept_model"] is state["model"] and step == state["kept_step"]
+    total = (step // 50 + 2) * 50  # 50-100 steps more, a multiple of --log-interval
+    result = run_script(
+        "mario_ddqn.py",
+        *("--resume", COMMITTED_RUN, "--total-steps", str(total), "--learning-starts", "20"),
+        *("--log-interval", "50", "--eval-episodes", "0"),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"at step {step};" in result.stdout and f"step {total:>9}/{total}" in result.stdout
+
+
+def fake_checkpoint(**changes) -> dict:
+    """A checkpoint of the shared schema with an untrained network, the defaults' Args and `changes`."""
+    model = m.QNetwork(len(ACTION_SETS["right_only"])).state_dict()
+    state = {
+        "script": "mario_ddqn",
+        "args": asdict(m.Args()),
+        "global_step": 0,
+        "time_s": 0.0,
+        "model": model,
+        "optimizer": {},
+        "kept_model": model,
+        "kept_step": 0,
+        "kept_score": math.nan,
+        "resume_state": {"target_model": model, "rng": {}},
+    }
+    return state | changes
 
 
 @pytest.mark.parametrize(
-    "case", ["actions", "exploration", "epsilon", "cartpole", "weights_only", "other_actions", "already_done", "noops"]
+    "case",
+    ["actions", "exploration", "epsilon", "buffer", "noops", "cartpole", "shipped", "other_actions", "already_done"],
 )
 def test_bad_input_is_one_line_error(case, run_script, tmp_path):
     """What a new user might try: one `error:` line, a non-zero exit, no run directory."""
     saved = str(tmp_path / "saved.pt")
-    q_net = m.QNetwork(len(ACTION_SETS["right_only"])).state_dict()
     files = {
-        "cartpole": {"script": "cartpole_dqn", "q_net": {}},
-        "weights_only": {"script": "mario_ddqn", "q_net": q_net, "args": asdict(m.Args())},
-        "other_actions": {"script": "mario_ddqn", "q_net": {}, "args": asdict(m.Args(actions="right"))},
-        "already_done": {
-            "script": "mario_ddqn",
-            "q_net": q_net,
-            "args": asdict(m.Args()),
-            "global_step": 500_000,
-            "optimizer": {},
-        },
+        "cartpole": {"script": "cartpole_dqn", "model": {}},
+        "other_actions": fake_checkpoint(args=asdict(m.Args(actions="right"))),
+        "already_done": fake_checkpoint(global_step=500_000),
     }
     if case in files:
         torch.save(files[case], saved)
@@ -312,14 +297,16 @@ def test_bad_input_is_one_line_error(case, run_script, tmp_path):
         "actions": ["--actions", "bogus"],
         "exploration": ["--exploration-steps", "0"],
         "epsilon": ["--end-epsilon", "2"],
+        "buffer": ["--buffer-size", "16"],  # smaller than a batch
+        "noops": ["--train-noops", "-1"],
         "cartpole": ["--resume", saved],
-        "weights_only": ["--resume", saved],
+        "shipped": ["--resume", SHIPPED, "--total-steps", "3000000"],  # weights alone: nothing to resume
         "other_actions": ["--eval-checkpoint", saved],
         "already_done": ["--resume", saved],
-        "noops": ["--train-noops", "-1"],
     }[case]
     result = run_script("mario_ddqn.py", *argv, timeout=60)
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+    assert case != "other_actions" or "--actions right" in lines[0], lines
     assert run_dirs(tmp_path) == []

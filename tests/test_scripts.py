@@ -1,17 +1,59 @@
-"""Every top-level script: a 2000-step smoke run, and one-line errors for bad command lines."""
+"""Every top-level script: one skeleton (the same run-control fields, evaluate contract and blocks), a
+2000-step smoke run, and one-line errors for bad command lines."""
 
+import ast
 import glob
 import os
 
 import pytest
 
+from common.checkpoint import KEYS, RUN_CONTROL
 from conftest import REPO, run_dirs
 
 SCRIPTS = sorted(os.path.basename(p) for p in glob.glob(os.path.join(REPO, "*.py")))
 
 
 def test_scripts_found():
-    assert "cartpole_dqn.py" in SCRIPTS
+    assert SCRIPTS == ["cartpole_dqn.py", "lunarlander_nstep_ac.py", "mario_ddqn.py", "pong_a3c.py", "ppo_selfplay.py"]
+
+
+def calls_in_order(tree: ast.AST) -> list[str]:
+    """The names of the functions and methods called in `tree`, in source order."""
+    calls = [node for node in ast.walk(tree) if isinstance(node, ast.Call)]
+    calls.sort(key=lambda node: (node.lineno, node.col_offset))
+    return [node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "") for node in calls]
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_one_skeleton(script):
+    """The run-control fields come first, in one order; evaluate has one signature; the main block
+    runs setup, --eval-checkpoint, --resume, the loop, the save, the stop and the final evaluation
+    in that order, and the checkpoint is written with the schema's keys."""
+    tree = ast.parse(open(os.path.join(REPO, script)).read())
+    functions = {node.name: node for node in tree.body if isinstance(node, ast.FunctionDef)}
+    (args_class,) = [node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == "Args"]
+    fields = [node.target.id for node in args_class.body if isinstance(node, ast.AnnAssign)]
+    assert tuple(fields[: len(RUN_CONTROL)]) == RUN_CONTROL
+    evaluate = functions["evaluate"].args
+    assert [arg.arg for arg in evaluate.args][1:] == ["args", "episodes", "seed", "device", "video_path"]
+    assert ast.literal_eval(evaluate.defaults[-1]) is None  # video_path=None: no video
+    (main,) = [node for node in tree.body if isinstance(node, ast.If)]
+    calls = calls_in_order(main)
+    expected = ["parse_args", "seed_everything", "load_checkpoint", "make_run_dir", "load_weights", "evaluate"]
+    expected += ["write_evaluation", "load_weights", "StopRequest", "exit", "training_done", "evaluate"]
+    expected += ["write_evaluation"]
+    position = -1
+    for name in expected:
+        assert name in calls[position + 1 :], f"{name}() missing after {calls[: position + 1][-3:]}"
+        position = calls.index(name, position + 1)
+    saves = [
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "save_checkpoint"
+    ]
+    assert saves
+    for call in saves:  # a literal dict with the schema's keys, in order
+        assert tuple(key.value for key in call.args[1].keys) == KEYS
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -20,7 +62,7 @@ def test_smoke(script, run_script, tmp_path):
     result = run_script(script, "--total-steps", "2000", "--eval-episodes", "1", "--seed", "3")
     assert result.returncode == 0, result.stderr[-3000:]
     (run_dir,) = run_dirs(tmp_path)
-    for name in ("metrics.csv", "eval.json", "learning_curve.png"):
+    for name in ("metrics.csv", "eval.json"):
         assert os.path.getsize(os.path.join(run_dir, name)) > 0, name
     assert sorted(os.listdir(REPO)) == before  # nothing written into the work tree
 
