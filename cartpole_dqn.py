@@ -20,12 +20,10 @@ import torch.nn as nn
 from common.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from common.metrics import MetricsWriter, write_evaluation
 from common.run import (
-    Progress,
     check_args,
     evaluation_seed,
     make_run_dir,
     parse_args,
-    pick_device,
     seed_everything,
     validation_seed,
 )
@@ -203,7 +201,7 @@ if __name__ == "__main__":
     script = os.path.splitext(os.path.basename(__file__))[0]
     seed_everything(args.seed)
     torch.set_num_threads(2)  # see docs/cartpole_dqn.md#speed
-    device = pick_device(args.cuda)
+    device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
     checkpoint = args.eval_checkpoint or args.resume
     state = load_checkpoint(checkpoint, script, device) if checkpoint else {}
     run_dir = make_run_dir(args.runs_dir, args.env_id, script, args.seed)
@@ -236,8 +234,8 @@ if __name__ == "__main__":
     kept_score = state.get("kept_score", -INF)
 
     buffer = ReplayBuffer(args.buffer_size, env.observation_space.shape, args.seed)
-    metrics = MetricsWriter(run_dir, ("loss", "q_mean", "epsilon", "val_return"), state.get("time_s", 0.0))
-    progress = Progress(args.total_steps, global_step)
+    metric_fields = ("loss", "q_mean", "epsilon", "val_return")
+    metrics = MetricsWriter(run_dir, metric_fields, args.total_steps, global_step, state.get("time_s", 0.0))
     stop = StopRequest()
     recent_returns = deque(maxlen=20)
     window = deque()  # the episode's latest steps, not yet in an n-step transition
@@ -283,11 +281,10 @@ if __name__ == "__main__":
                 kept_model = copy.deepcopy(q_network.state_dict())
                 kept_step = global_step
                 kept_score = val_return
-            metrics.log(global_step, progress.steps_per_second(global_step), val_return=val_return)
+            metrics.log(global_step, val_return=val_return)
         if global_step % args.log_interval == 0:
-            sps = progress.steps_per_second(global_step)
-            metrics.log(global_step, sps, loss=loss.item(), q_mean=q_mean.item(), epsilon=epsilon)
-            progress.print(global_step, recent_returns)
+            metrics.log(global_step, loss=loss.item(), q_mean=q_mean.item(), epsilon=epsilon)
+            metrics.print_progress(global_step, recent_returns)
     env.close()
     metrics.close()
 

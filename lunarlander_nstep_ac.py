@@ -24,12 +24,10 @@ from torch.distributions import Categorical
 from common.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from common.metrics import MetricsWriter, write_evaluation
 from common.run import (
-    Progress,
     check_args,
     evaluation_seed,
     make_run_dir,
     parse_args,
-    pick_device,
     seed_everything,
     validation_seed,
 )
@@ -262,7 +260,7 @@ if __name__ == "__main__":
     script = os.path.splitext(os.path.basename(__file__))[0]
     seed_everything(args.seed)
     torch.set_num_threads(1)  # see docs/lunarlander_nstep_ac.md#speed
-    device = pick_device(args.cuda)
+    device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
     checkpoint = args.eval_checkpoint or args.resume
     state = load_checkpoint(checkpoint, script, device) if checkpoint else {}
     run_dir = make_run_dir(args.runs_dir, args.env_id, script, args.seed)
@@ -302,9 +300,8 @@ if __name__ == "__main__":
     b_truncated = torch.zeros(rollout_shape, dtype=torch.bool, device=device)
     b_final_values = torch.zeros(rollout_shape, device=device)
     diagnostics = ("policy_loss", "value_loss", "entropy", "explained_variance", "kl", "grad_norm")
-    extra_fields = (*diagnostics, "learning_rate", "reward_scale", "time_limit_share", "val_return")
-    metrics = MetricsWriter(run_dir, extra_fields, state.get("time_s", 0.0))
-    progress = Progress(args.total_steps, global_step)
+    metric_fields = (*diagnostics, "learning_rate", "reward_scale", "time_limit_share", "val_return")
+    metrics = MetricsWriter(run_dir, metric_fields, args.total_steps, global_step, state.get("time_s", 0.0))
     stop = StopRequest()
     recent_returns = deque(maxlen=100)
     recent_updates = []
@@ -351,14 +348,13 @@ if __name__ == "__main__":
                 kept_model = copy.deepcopy(model.state_dict())
                 kept_step = global_step
                 kept_score = val_return
-            metrics.log(global_step, progress.steps_per_second(global_step), val_return=val_return)
+            metrics.log(global_step, val_return=val_return)
             kept = f"kept: step {kept_step}, {kept_score:.1f}"
             print(f"validation at step {global_step}: greedy mean {val_return:.1f} ({kept})", flush=True)
         if global_step >= next_log:
             next_log += args.log_interval
             metrics.log(
                 global_step,
-                progress.steps_per_second(global_step),
                 learning_rate=learning_rate,
                 reward_scale=args.reward_scale,
                 time_limit_share=np.mean(recent_time_limits or [0]),
@@ -366,7 +362,7 @@ if __name__ == "__main__":
             )
             recent_updates = []
             recent_time_limits = []
-            progress.print(global_step, recent_returns)
+            metrics.print_progress(global_step, recent_returns)
     envs.close()
     metrics.close()
 

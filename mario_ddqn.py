@@ -21,7 +21,7 @@ import torch.nn as nn
 from common.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from common.mario import MarioEnv
 from common.metrics import MetricsWriter, write_evaluation
-from common.run import Progress, check_args, evaluation_seed, make_run_dir, parse_args, pick_device, seed_everything
+from common.run import check_args, evaluation_seed, make_run_dir, parse_args, seed_everything
 from common.stopping import StopRequest
 from common.video import VideoWriter
 
@@ -279,7 +279,7 @@ if __name__ == "__main__":
     script = os.path.splitext(os.path.basename(__file__))[0]
     seed_everything(args.seed)
     torch.set_num_threads(1)  # the emulator and the learner thread take a core each
-    device = pick_device(args.cuda)
+    device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
     checkpoint = args.eval_checkpoint or args.resume
     state = load_checkpoint(checkpoint, script, device) if checkpoint else {}
     if state and state["args"]["actions"] != args.actions:  # checked before the run directory exists
@@ -319,8 +319,8 @@ if __name__ == "__main__":
     # this run's first learning_starts steps fill the buffer (a resumed one refills it); short runs still learn
     first_update_step = global_step + max(min(args.learning_starts, args.total_steps * 9 // 10), args.batch_size)
 
-    metrics = MetricsWriter(run_dir, ("x_pos", "flag_get", "loss", "q_mean", "epsilon"), state.get("time_s", 0.0))
-    progress = Progress(args.total_steps, global_step)
+    metric_fields = ("x_pos", "flag_get", "loss", "q_mean", "epsilon")
+    metrics = MetricsWriter(run_dir, metric_fields, args.total_steps, global_step, state.get("time_s", 0.0))
     stop = StopRequest()
     recent_x_pos = deque(maxlen=20)
     checkpoint_path = os.path.join(run_dir, "checkpoint.pt")
@@ -363,9 +363,8 @@ if __name__ == "__main__":
             recent_x_pos.append(info["x_pos"])
             metrics.episode(global_step, stats["r"], stats["l"], x_pos=info["x_pos"], flag_get=int(info["flag_get"]))
         if global_step % args.log_interval == 0:
-            sps = progress.steps_per_second(global_step)
-            metrics.log(global_step, sps, loss=loss.item(), q_mean=q_mean.item(), epsilon=epsilon)
-            progress.print(global_step, env.return_queue, f"x_pos {np.mean(recent_x_pos or [0]):4.0f}")
+            metrics.log(global_step, loss=loss.item(), q_mean=q_mean.item(), epsilon=epsilon)
+            metrics.print_progress(global_step, env.return_queue, f"x_pos {np.mean(recent_x_pos or [0]):4.0f}")
         stopping = bool(stop)  # read once per step: a signal after this line is seen at the next one
         at_interval = global_step % args.checkpoint_interval == 0 or global_step == args.total_steps
         if stopping or (args.save_model and at_interval):

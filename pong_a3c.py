@@ -23,7 +23,7 @@ from torch.distributions import Categorical
 
 from common.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from common.metrics import MetricsWriter, write_evaluation
-from common.run import Progress, check_args, evaluation_seed, make_run_dir, parse_args, seed_everything
+from common.run import check_args, evaluation_seed, make_run_dir, parse_args, seed_everything
 from common.stopping import StopRequest, children_ignore_signals
 from common.video import VideoWriter
 
@@ -338,8 +338,8 @@ if __name__ == "__main__":
         worker_args = (rank, args, model, optimizer, steps, workers_stop, queue, parent_pid)
         workers.append(ctx.Process(target=worker, name=f"worker {rank}", daemon=True, args=worker_args))
 
-    metrics = MetricsWriter(run_dir, ("policy_loss", "value_loss", "entropy"), state.get("time_s", 0.0))
-    progress = Progress(args.total_steps, global_step)
+    metric_fields = ("policy_loss", "value_loss", "entropy")
+    metrics = MetricsWriter(run_dir, metric_fields, args.total_steps, global_step, state.get("time_s", 0.0))
     stop = StopRequest()
     checkpoint_path = os.path.join(run_dir, "checkpoint.pt")
     recent_returns = deque(maxlen=10)
@@ -366,8 +366,8 @@ if __name__ == "__main__":
             if global_step >= next_log and recent_losses:
                 next_log = global_step + args.log_interval
                 losses = {term: np.mean([logged[term] for logged in recent_losses]) for term in recent_losses[0]}
-                metrics.log(global_step, progress.steps_per_second(global_step), **losses)
-                progress.print(global_step, recent_returns)
+                metrics.log(global_step, **losses)
+                metrics.print_progress(global_step, recent_returns)
                 if args.save_model:
                     write_checkpoint(checkpoint_path, script, args, global_step, metrics, model, optimizer)
             dead = next((process for process in workers if process.exitcode not in (None, 0)), None)

@@ -21,7 +21,7 @@ from torch.distributions import Categorical
 import common.pong_duel as duel
 from common.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from common.metrics import MetricsWriter, write_evaluation
-from common.run import Progress, check_args, evaluation_seed, make_run_dir, parse_args, pick_device, seed_everything
+from common.run import check_args, evaluation_seed, make_run_dir, parse_args, seed_everything
 from common.stopping import StopRequest
 from common.video import VideoWriter
 
@@ -294,7 +294,7 @@ if __name__ == "__main__":
     seed_everything(args.seed)
     torch.set_num_threads(1)  # small MLPs: one thread for the learner, one per worker
     torch.distributions.Distribution.set_default_validate_args(False)  # argument checks cost time
-    device = pick_device(args.cuda)
+    device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
     checkpoint = args.eval_checkpoint or args.resume
     state = load_checkpoint(checkpoint, script, device) if checkpoint else {}
     batch_size = args.n_games * args.n_steps
@@ -328,9 +328,9 @@ if __name__ == "__main__":
 
     league = League(args, device, resume_state)
     n_updates = -(-args.total_steps // batch_size)  # whole rollouts
-    metric_fields = ("opponent", "win", "win_vs_strongest", "elo", "level", "pg_loss", "v_loss", "entropy")
-    metrics = MetricsWriter(run_dir, (*metric_fields, "panel_score"), state.get("time_s", 0.0))
-    progress = Progress(n_updates * batch_size, global_step)
+    metric_fields = ("opponent", "win", "win_vs_strongest", "elo", "level")
+    metric_fields += ("pg_loss", "v_loss", "entropy", "panel_score")
+    metrics = MetricsWriter(run_dir, metric_fields, n_updates * batch_size, global_step, state.get("time_s", 0.0))
     obs_buf = torch.zeros((args.n_steps, args.n_games, duel.OBS_DIM), device=device)
     act_buf, logp_buf, val_buf, rew_buf, done_buf = torch.zeros(5, args.n_steps, args.n_games, device=device)
     panel_score = float("nan")  # the latest
@@ -376,10 +376,9 @@ if __name__ == "__main__":
             update += 1
             global_step = update * batch_size
             if global_step >= args.total_steps or global_step % args.log_interval < batch_size:  # one passed
-                sps = progress.steps_per_second(global_step)
                 row = {"level": league.level, "elo": league.elo["learner"], "panel_score": panel_score, **losses}
-                metrics.log(global_step, sps, **row)
-                progress.print(global_step, league.recent_differences)
+                metrics.log(global_step, **row)
+                metrics.print_progress(global_step, league.recent_differences)
     finally:
         collector.close()
     metrics.close()

@@ -12,24 +12,30 @@ BASE_FIELDS = ("kind", "global_step", "time_s", "episode_return", "episode_lengt
 
 
 class MetricsWriter:
-    """Writes `metrics.csv` in the run directory; `extra_fields` are the script's own columns. A
-    resumed run passes the training time of the run it continues, so that time_s keeps counting."""
+    """Writes `metrics.csv` in the run directory (`extra_fields`: the script's own columns) and prints
+    the progress line. A resumed run passes its checkpoint's global_step and time_s: counting goes on."""
 
-    def __init__(self, run_dir: str, extra_fields=(), start_time_s: float = 0.0):
+    def __init__(self, run_dir: str, extra_fields, total_steps: int, start_step: int = 0, start_time_s: float = 0.0):
         self.path = os.path.join(run_dir, "metrics.csv")
         self.file = open(self.path, "w", newline="")
         self.writer = csv.DictWriter(self.file, fieldnames=BASE_FIELDS + tuple(extra_fields))
         self.writer.writeheader()
-        self.start = time.perf_counter() - start_time_s
+        self.total_steps = total_steps
+        self.start_step = start_step
+        self.started = time.perf_counter()
+        self.start = self.started - start_time_s
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
 
+    def steps_per_second(self, step: int) -> float:
+        return (step - self.start_step) / max(time.perf_counter() - self.started, 1e-9)
+
     def episode(self, global_step: int, episode_return: float, episode_length: int, **extra) -> None:
         self._write("episode", global_step, episode_return=episode_return, episode_length=episode_length, **extra)
 
-    def log(self, global_step: int, sps: float, **extra) -> None:
-        self._write("log", global_step, sps=round(sps, 1), **extra)
+    def log(self, global_step: int, **extra) -> None:
+        self._write("log", global_step, sps=round(self.steps_per_second(global_step), 1), **extra)
 
     def _write(self, kind: str, global_step: int, **values) -> None:
         row = {key: (round(value, 6) if isinstance(value, float) else value) for key, value in values.items()}
@@ -38,6 +44,15 @@ class MetricsWriter:
             self.file.flush()
         except OSError as e:  # a full disk: one line; the last checkpoint stays
             raise SystemExit(f"error: cannot write {self.path}: {e.strerror or e}") from None
+
+    def print_progress(self, step: int, recent_returns, extra: str = "") -> None:
+        """`step | mean recent return | [extra |] steps/s | ETA` on one line."""
+        sps = self.steps_per_second(step)
+        mean = f"{np.mean(recent_returns):8.2f}" if len(recent_returns) else "     n/a"
+        eta = int((self.total_steps - step) / max(sps, 1e-9))
+        extra = f"{extra} | " if extra else ""
+        speed = f"{sps:7.0f} steps/s | ETA {eta // 60}m{eta % 60:02d}s"
+        print(f"step {step:>9}/{self.total_steps} | return {mean} | {extra}{speed}", flush=True)
 
     def close(self) -> None:
         self.file.close()

@@ -1,4 +1,4 @@
-"""Run control: the command line, argument checks, seeds, the device, the run directory, progress."""
+"""Run control: the command line, argument checks, seeds and the run directory."""
 
 import contextlib
 import io
@@ -55,10 +55,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def pick_device(cuda: bool) -> torch.device:
-    return torch.device("cuda" if cuda and torch.cuda.is_available() else "cpu")
-
-
 # One rule for the seeds of evaluation episodes, so that none is ever a training episode's:
 def validation_seed(seed: int) -> int:
     """The first seed of the episodes that choose the kept model (the same every round)."""
@@ -82,23 +78,3 @@ def make_run_dir(runs_dir: str, env_id: str, script: str, seed: int) -> str:
     except OSError as e:  # a read-only parent, a file in the way, a full disk
         raise SystemExit(f"error: cannot create a run directory in --runs-dir {runs_dir}: {e.strerror or e}") from None
     return path
-
-
-class Progress:
-    """Prints `step | mean recent return | [extra |] steps/s | ETA` on one line per call."""
-
-    def __init__(self, total_steps: int, start_step: int = 0):
-        self.total_steps = total_steps
-        self.start_step = start_step
-        self.start_time = time.perf_counter()
-
-    def steps_per_second(self, step: int) -> float:
-        return (step - self.start_step) / max(time.perf_counter() - self.start_time, 1e-9)
-
-    def print(self, step: int, recent_returns, extra: str = "") -> None:
-        sps = self.steps_per_second(step)
-        mean = f"{np.mean(recent_returns):8.2f}" if len(recent_returns) else "     n/a"
-        eta = int((self.total_steps - step) / max(sps, 1e-9))
-        extra = f"{extra} | " if extra else ""
-        speed = f"{sps:7.0f} steps/s | ETA {eta // 60}m{eta % 60:02d}s"
-        print(f"step {step:>9}/{self.total_steps} | return {mean} | {extra}{speed}", flush=True)

@@ -1,8 +1,6 @@
-"""Clean stopping. Ctrl-C and SIGTERM set a flag that the training loop reads between steps: the
-script saves a checkpoint, prints the command that continues the run and exits 130 / 143 (a flag,
-unlike an exception raised wherever the main thread is, stops the same way wherever the signal
-lands). A second signal, or one after `training_done()`, exits at once: checkpoints are written
-atomically, so the last one survives."""
+"""Clean stopping: Ctrl-C and SIGTERM set a flag that the training loop reads between steps (so a stop
+is the same wherever the signal lands); the script then saves a checkpoint, prints the command that
+continues the run and exits 130 / 143. A second signal, or one after `training_done()`, exits at once."""
 
 import contextlib
 import shlex
@@ -51,9 +49,8 @@ def resume_command(argv: list[str], checkpoint_path: str) -> str:
 
 @contextlib.contextmanager
 def children_ignore_signals():
-    """Start child processes inside this block: they are born ignoring Ctrl-C and SIGTERM (only an
-    ignored disposition survives multiprocessing's spawn), so that a terminal's Ctrl-C, sent to the
-    whole process group, cannot kill one still importing torch: the main process stops them."""
+    """Children started in this block ignore Ctrl-C and SIGTERM from birth (only an ignored disposition
+    survives a spawn): a Ctrl-C to the process group cannot kill one still importing torch."""
     previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in STOP_SIGNALS}
     try:
         yield

@@ -154,15 +154,18 @@ def test_video_failure_only_warns(tmp_path):
 def test_metrics_rows_and_evaluation(tmp_path, capsys):
     run_dir = make_run_dir(str(tmp_path), "ALE/Pong-v5", "demo", 1)
     assert os.path.basename(run_dir).startswith("ALE-Pong-v5__demo__1__")
-    metrics = MetricsWriter(run_dir, ("loss",))
+    metrics = MetricsWriter(run_dir, ("loss",), total_steps=600)
     for i in range(30):
         metrics.episode(10 * (i + 1), float(i), 10)
-    metrics.log(300, 1234.5, loss=0.5)
+    metrics.log(300, loss=0.5)
+    metrics.print_progress(300, [1.0, 2.0], "x_pos 7")
     metrics.close()
     steps, seconds, returns = read_episodes(os.path.join(run_dir, "metrics.csv"))
     assert list(steps[:2]) == [10, 20] and returns[-1] == 29 and (np.diff(seconds) >= 0).all()
     mean = write_evaluation(run_dir, [{"return": 1.0, "x_pos": 5}, {"return": 3.0, "x_pos": 7}], kept_step=300)
-    assert mean == 2.0 and "mean return 2.00, worst 1.00" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "step       300/600 | return     1.50 | x_pos 7 |" in printed and "steps/s | ETA" in printed
+    assert mean == 2.0 and "mean return 2.00, worst 1.00" in printed
     result = json.load(open(os.path.join(run_dir, "eval.json")))
     assert result["returns"] == [1.0, 3.0] and result["kept_step"] == 300 and result["per_episode"][1]["x_pos"] == 7
 
