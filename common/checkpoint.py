@@ -34,16 +34,13 @@ def save_checkpoint(path: str, state: dict) -> None:
     torch.save(state, buffer)  # in memory: a failing disk shows as an OSError below, not inside torch
     tmp_path = path + ".tmp"
     try:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         with open(tmp_path, "wb") as f:
             f.write(buffer.getbuffer())
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
-    except OSError as e:
-        raise SystemExit(
-            f"error: cannot write checkpoint {path} ({e.strerror or e}); the previous one is kept"
-        ) from None
+    except OSError as e:  # the previous checkpoint, if any, is kept
+        raise SystemExit(f"error: cannot write checkpoint {path} ({e.strerror or e})") from None
     finally:
         if os.path.exists(tmp_path):  # the write failed, or a second signal cut it short
             os.unlink(tmp_path)
@@ -70,11 +67,10 @@ def load_weights(module: torch.nn.Module, weights: dict, path: str, state: dict,
     try:
         module.load_state_dict(weights)
     except RuntimeError:
-        current = vars(args)
-        differ = [
+        trained_with = [
             f"--{name.replace('_', '-')} {value}"
             for name, value in state["args"].items()
-            if name not in RUN_CONTROL and current.get(name, value) != value
+            if name not in RUN_CONTROL and vars(args).get(name, value) != value
         ]
-        reason = ", ".join(differ) or "another network"
+        reason = ", ".join(trained_with) or "another network"
         raise SystemExit(f"error: {path} does not fit these arguments: it was trained with {reason}") from None

@@ -1,5 +1,4 @@
-"""metrics.csv (a row per finished episode and per log interval) and eval.json. To plot a run:
-`python benchmarks/plot_metrics.py --runs runs/<run>`."""
+"""metrics.csv (a row per episode and per log interval), the progress line and eval.json."""
 
 import csv
 import json
@@ -77,9 +76,7 @@ def write_evaluation(run_dir: str, episodes: list[dict], kept_step: int) -> floa
             json.dump({**result, "per_episode": episodes}, f)
     except OSError as e:
         raise SystemExit(f"error: cannot write {path}: {e.strerror or e}") from None
-    print(
-        f"evaluation of the model kept at step {kept_step}, {len(returns)} greedy episodes: mean return {mean:.2f}, "
-        f"worst {min(returns, default=float('nan')):.2f}",
-        flush=True,
-    )
+    worst = min(returns, default=float("nan"))
+    print(f"evaluation of the model kept at step {kept_step}, {len(returns)} greedy episodes: ", end="")
+    print(f"mean return {mean:.2f}, worst {worst:.2f}", flush=True)
     return mean
