@@ -101,7 +101,9 @@ class MarioEnv(gym.Env):
         self.action_meanings = [" ".join(combo) for combo in ACTION_SETS[actions]]
         self.action_space = gym.spaces.Discrete(len(self.action_bytes))
         self.observation_space = gym.spaces.Box(0, 255, self.nes.observation_space.shape, np.uint8)
-        self.render_mode, self.max_episode_steps, self.steps = render_mode, max_episode_steps, 0
+        self.render_mode = render_mode
+        self.max_episode_steps = max_episode_steps
+        self.steps = 0
 
     def reset(self, *, seed=None, options=None):
         super().reset(seed=seed)
@@ -110,7 +112,8 @@ class MarioEnv(gym.Env):
         for _ in range((options or {}).get("noops", 0)):  # a later start: frames of no buttons
             screen, _, _, _, info = self.nes.step(0)
         info = self._info(info)
-        self.last_x_pos, self.last_time = info["x_pos"], info["time"]
+        self.last_x_pos = info["x_pos"]
+        self.last_time = info["time"]
         # the emulator's screen is a view of C++ memory that the next frame overwrites: copy it
         return screen.copy(), info
 
@@ -127,8 +130,10 @@ class MarioEnv(gym.Env):
     def _reward(self, info: dict, done: bool) -> float:
         """7.4.0's reward. 9.x's differs: it adds score / 100, 5 per coin, +-5 per power-up change
         and 50 at the flag, and pays x progress only past the episode's best x (never negative)."""
-        dx, dt = info["x_pos"] - self.last_x_pos, info["time"] - self.last_time
-        self.last_x_pos, self.last_time = info["x_pos"], info["time"]
+        dx = info["x_pos"] - self.last_x_pos
+        dt = info["time"] - self.last_time
+        self.last_x_pos = info["x_pos"]
+        self.last_time = info["time"]
         # RAM 0x0e is Mario's state (0x0b dying, 0x06 dead), 0xb5 > 1 is below the screen (a pit).
         # Dying ends the episode, so look only when done: after other steps upstream may have run
         # more frames (pipes, the flag) than `info` describes; a done step runs none.
