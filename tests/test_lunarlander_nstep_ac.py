@@ -50,9 +50,9 @@ def test_actor_critic_loss_terms_and_the_detached_advantage():
     loss, logged = m.actor_critic_loss(logits, values, actions, returns, vf_coef=0.5, ent_coef=0.1)
     dist = Categorical(logits=logits.detach())
     advantages = returns - values.detach()  # 2, 1
-    policy_loss = -(dist.log_prob(actions) * advantages).mean()
-    value_loss = 0.5 * ((returns - values.detach()) ** 2).mean()  # ½ mean(4, 1)
-    entropy = dist.entropy().mean()
+    policy_loss = -(dist.log_prob(actions) * advantages).mean().item()
+    value_loss = 0.5 * ((returns - values.detach()) ** 2).mean().item()  # ½ mean(4, 1)
+    entropy = dist.entropy().mean().item()
     assert logged == pytest.approx({"policy_loss": policy_loss, "value_loss": 1.25, "entropy": entropy})
     assert loss.item() == pytest.approx(policy_loss + 0.5 * value_loss - 0.1 * entropy)
     loss.backward()
