@@ -5,16 +5,20 @@ validation bots is kept and scored against held-out bots it never met. See docs/
     python ppo_selfplay.py                                           # train, then play the named and held-out bots
     python ppo_selfplay.py --resume runs/<run>/checkpoint.pt         # continue a stopped run
     python ppo_selfplay.py --eval-checkpoint runs/<run>/checkpoint.pt --capture-video
+    torchrun --standalone --nproc-per-node 2 ppo_selfplay.py         # 2 processes, each playing half the games
 """
 
 import copy
 import math
 import os
+import sys
 from collections import deque
 from dataclasses import asdict, dataclass
+from datetime import timedelta
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 from torch.distributions import Categorical
 
@@ -22,7 +26,7 @@ import common.pong_duel as duel
 from common.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from common.metrics import MetricsWriter, write_evaluation
 from common.run import check_args, evaluation_seed, make_run_dir, parse_args, seed_everything
-from common.stopping import StopRequest
+from common.stopping import StopRequest, collective
 from common.video import VideoWriter
 
 
@@ -52,7 +56,7 @@ class Args:
     n_workers: int = 0
     """processes stepping shards of the games (0: in the learner's process; docs/ppo_selfplay.md#in-process-games)"""
     n_games: int = 256
-    """games played at once"""
+    """games played at once, in all (torchrun: each process plays its share; docs/ppo_selfplay.md#torchrun)"""
     n_steps: int = 128
     """steps of every game per rollout"""
     learning_rate: float = 1e-3
@@ -85,11 +89,13 @@ class Args:
     """bots from the family's training ranges, played after the curriculum (docs/ppo_selfplay.md#family-bots)"""
 
     def __post_init__(self):
-        ranges = {"seed": (0, 2**32 - 1), "n_games": (1, 10**5), "panel_games": (1, 10**4), "family_bots": (0, 1000)}
+        ranks = int(os.environ.get("WORLD_SIZE", 1))  # torchrun's processes: at least a game each
+        ranges = {"seed": (0, 2**32 - ranks), "n_games": (ranks, 10**5), "panel_games": (1, 10**4)}
+        ranges["family_bots"] = (0, 1000)
         # Caps: workers load torch (more than 4 per core only contend); memory of games at once, of rollouts
-        ranges["n_workers"] = (0, min(self.n_games, 4 * (os.cpu_count() or 1)))
+        ranges["n_workers"] = (0, min(self.n_games // ranks, 4 * (os.cpu_count() or 1)))
         ranges["n_steps"] = (1, 2**22 // max(self.n_games, 1))
-        ranges["n_minibatches"] = (1, self.n_games * self.n_steps)
+        ranges["n_minibatches"] = (1, self.n_games // ranks * self.n_steps)
         ranges["learning_rate"] = (1e-7, 1)
         shares = ("gamma", "gae_lambda", "clip_coef", "ent_coef", "curriculum_threshold", "bot_fraction")
         check_args(self, ranges | dict.fromkeys(shares, (0, 1)))
@@ -145,18 +151,37 @@ def ppo_update(model, optimizer, batch, args: Args, ent_coef: float, vf_coef=0.5
     """Epochs of minibatch steps on clipped surrogate + value loss - entropy bonus; the last losses."""
     obs, actions, old_logp, advantages, returns = batch  # flat tensors
     for _ in range(args.update_epochs):
-        for idx in torch.randperm(len(obs)).split(len(obs) // args.n_minibatches):
-            dist = Categorical(logits=model.actor(obs[idx]))
+        for idx in torch.randperm(len(obs)).tensor_split(args.n_minibatches):  # as many on every rank
+            probs = Categorical(logits=model.actor(obs[idx]))
             value = model.critic(obs[idx])[:, 0]
             adv = (advantages[idx] - advantages[idx].mean()) / (advantages[idx].std() + 1e-8)  # per minibatch
-            pg_loss = clipped_surrogate(dist.log_prob(actions[idx]), old_logp[idx], adv, args.clip_coef)
+            pg_loss = clipped_surrogate(probs.log_prob(actions[idx]), old_logp[idx], adv, args.clip_coef)
             v_loss = 0.5 * (value - returns[idx]).pow(2).mean()  # ½ (V(s) - (A + V_old(s)))²
-            entropy = dist.entropy().mean()
+            entropy = probs.entropy().mean()
             optimizer.zero_grad()
             (pg_loss + vf_coef * v_loss - ent_coef * entropy).backward()
+            if dist.is_initialized():  # the mean of all ranks' gradients: one all_reduce of them flattened
+                grads = [parameter.grad for parameter in model.parameters()]
+                flat = nn.utils.parameters_to_vector(grads)  # (any list of tensors, into one vector and back)
+                collective(dist.all_reduce, flat)
+                nn.utils.vector_to_parameters(flat / dist.get_world_size(), grads)  # all ranks: the same step
             nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
             optimizer.step()
     return {"pg_loss": pg_loss.item(), "v_loss": v_loss.item(), "entropy": entropy.item()}  # last minibatch
+
+
+def gather_step(reward, done, stop: StopRequest, n_games: int, device):
+    """Every rank's rewards and game ends of one step, in game order: every rank then updates the same league
+    from every game. A stop signal that any rank received stops every rank at this step."""
+    sizes = [len(games) for games in np.array_split(np.arange(n_games), dist.get_world_size())]
+    local = torch.zeros(3, max(sizes), device=device)  # rows: rewards, game ends, signal (padded alike)
+    local[:2, : len(reward)] = torch.as_tensor(np.stack([reward, done]))
+    local[2, 0] = stop.received
+    ranks = [torch.zeros_like(local) for _ in sizes]
+    collective(dist.all_gather, ranks, local)
+    stop.join(int(max(step[2, 0] for step in ranks)))
+    shared = torch.cat([step[:2, :size] for step, size in zip(ranks, sizes, strict=True)], dim=1).cpu().numpy()
+    return shared[0], shared[1].astype(bool)
 
 
 class League:
@@ -291,21 +316,33 @@ def print_results(episodes: list[dict]) -> None:
 if __name__ == "__main__":
     args = parse_args(Args)
     script = os.path.splitext(os.path.basename(__file__))[0]
-    seed_everything(args.seed)
+    world_size = int(os.environ.get("WORLD_SIZE", 1))  # set by torchrun (docs/ppo_selfplay.md#torchrun)
+    rank = int(os.environ.get("RANK", 0))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if rank > 0 and args.eval_checkpoint:  # rank 0 evaluates alone
+        raise SystemExit(0)
+    seed_everything(args.seed + rank)
     torch.set_num_threads(1)  # small MLPs: one thread for the learner, one per worker
     torch.distributions.Distribution.set_default_validate_args(False)  # argument checks cost time
-    device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
+    device = torch.device(f"cuda:{local_rank}" if args.cuda and torch.cuda.is_available() else "cpu")
+    if world_size > 1:  # a rank that stops answering ends the others' collectives after the timeout
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(minutes=5))
+    if rank > 0:
+        sys.stdout = open(os.devnull, "w")  # rank 0 prints and writes for all
     checkpoint = args.eval_checkpoint or args.resume
     state = load_checkpoint(checkpoint, script, device) if checkpoint else {}
     batch_size = args.n_games * args.n_steps
     saved_batch_size = state["args"]["n_games"] * state["args"]["n_steps"] if args.resume else batch_size
     if args.resume and (state["resume_state"] is None or saved_batch_size != batch_size):  # None: a shipped model
         raise SystemExit(f"error: {args.resume}: --resume needs a checkpoint.pt with this --n-games x --n-steps")
-    run_dir = make_run_dir(args.runs_dir, "PongDuel", script, args.seed)
+    run_dir = make_run_dir(args.runs_dir, "PongDuel", script, args.seed) if rank == 0 else ""  # rank 0 writes
     video_path = os.path.join(run_dir, "videos", "eval.mp4")
-    print(f"run directory: {run_dir} | device: {device}", flush=True)
+    print(f"run directory: {run_dir} | device: {device} | processes: {world_size}", flush=True)
 
     model = ActorCritic().to(device)
+    if world_size > 1:  # rank 0's initial weights on every rank
+        for tensor in model.state_dict().values():
+            collective(dist.broadcast, tensor, 0)
 
     if args.eval_checkpoint:
         load_weights(model, state["kept_model"], checkpoint, state, args)
@@ -331,11 +368,12 @@ if __name__ == "__main__":
     metric_fields = ("opponent", "win", "win_vs_strongest", "elo", "level")
     metric_fields += ("pg_loss", "v_loss", "entropy", "panel_score")
     metrics = MetricsWriter(run_dir, metric_fields, n_updates * batch_size, global_step, state.get("time_s", 0.0))
-    obs_buf = torch.zeros((args.n_steps, args.n_games, duel.OBS_DIM), device=device)
-    act_buf, logp_buf, val_buf, rew_buf, done_buf = torch.zeros(5, args.n_steps, args.n_games, device=device)
+    games = np.array_split(np.arange(args.n_games), world_size)[rank]  # this rank's share of the games
+    obs_buf = torch.zeros((args.n_steps, len(games), duel.OBS_DIM), device=device)
+    act_buf, logp_buf, val_buf, rew_buf, done_buf = torch.zeros(5, args.n_steps, len(games), device=device)
     panel_score = float("nan")  # the latest
-    stop = StopRequest()  # the handlers first: a Ctrl-C while the workers start only sets the flag
-    collector = duel.ShardedEnv(duel.PongDuel, args.n_games, args.n_workers, args.seed)
+    stop = StopRequest(shared=world_size > 1)  # the handlers first: a Ctrl-C while the workers start only sets the flag
+    collector = duel.ShardedEnv(duel.PongDuel, len(games), args.n_workers, args.seed + rank)
     print("training: Ctrl-C or SIGTERM stops it and saves a checkpoint to resume from", flush=True)
     try:
         obs0, obs1 = collector.step()
@@ -345,14 +383,16 @@ if __name__ == "__main__":
             with torch.no_grad():
                 for t in range(args.n_steps):
                     obs_buf[t] = torch.as_tensor(obs0, device=device)
-                    dist = Categorical(logits=model.actor(obs_buf[t]))
+                    probs = Categorical(logits=model.actor(obs_buf[t]))
                     val_buf[t] = model.critic(obs_buf[t])[:, 0]
-                    act_buf[t] = dist.sample()
-                    logp_buf[t] = dist.log_prob(act_buf[t])
-                    actions1 = duel.opponent_actions(league.policies, league.opponent_of_game, obs1)
+                    act_buf[t] = probs.sample()
+                    logp_buf[t] = probs.log_prob(act_buf[t])
+                    actions1 = duel.opponent_actions(league.policies, league.opponent_of_game[games], obs1)
                     reward, done, obs0, obs1 = collector.step(act_buf[t].long().cpu().numpy(), actions1)
                     rew_buf[t] = torch.as_tensor(reward)
                     done_buf[t] = torch.as_tensor(done)
+                    if world_size > 1:  # the league sees every game (docs/ppo_selfplay.md#torchrun)
+                        reward, done = gather_step(reward, done, stop, args.n_games, device)
                     step = global_step + (t + 1) * args.n_games
                     league.track_games(reward, done, step, model.actor, metrics)
                     if stop:
@@ -366,7 +406,7 @@ if __name__ == "__main__":
             if league.level >= len(duel.BOTS) and (update + 1) % args.snapshot_interval == 0:
                 league.add_snapshot(f"snap_{update + 1}", copy.deepcopy(model.actor.state_dict()))
                 # Not validation_seed: the panel's bots draw from the global numpy RNG that training shares,
-                # so other panel games would change what the learner plays next.
+                # so other panel games would change what the learner plays next. Rank 0 saves its kept model.
                 panel_score = league.panel_score(model.actor, args.seed + update)
                 if math.isnan(kept_score) or panel_score > kept_score:
                     kept_model = copy.deepcopy(model.state_dict())
@@ -382,12 +422,13 @@ if __name__ == "__main__":
     finally:
         collector.close()
     metrics.close()
+    stop.join(stop.received)  # a signal after the last step's exchange: the ranks need not agree any more
 
     checkpoint_path = os.path.join(run_dir, "checkpoint.pt")
     if math.isnan(kept_score):  # the panel has judged no model yet: the latest is kept
         kept_model = model.state_dict()
         kept_step = global_step
-    if args.save_model or stop:
+    if rank == 0 and (args.save_model or stop):
         save_checkpoint(
             checkpoint_path,
             {
@@ -408,10 +449,10 @@ if __name__ == "__main__":
     stop.training_done()
     ranking = sorted(league.elo.items(), key=lambda item: -item[1])
     print("Elo ratings (the top 10, the named bots and the learner):")
-    for rank, (name, rating) in enumerate(ranking):
-        if rank < 10 or name in [*duel.BOTS, "learner"]:
-            print(f"{rank + 1:4d} {name:>24} {rating:6.0f}")
-    if args.eval_episodes > 0:
+    for position, (name, rating) in enumerate(ranking):
+        if position < 10 or name in [*duel.BOTS, "learner"]:
+            print(f"{position + 1:4d} {name:>24} {rating:6.0f}")
+    if args.eval_episodes > 0 and rank == 0:  # the others print to nowhere and are done
         model.load_state_dict(kept_model)
         video = video_path if args.capture_video else None
         episodes = evaluate(model, args, args.eval_episodes, evaluation_seed(args.seed), device, video)

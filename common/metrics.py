@@ -12,10 +12,11 @@ BASE_FIELDS = ("kind", "global_step", "time_s", "episode_return", "episode_lengt
 
 class MetricsWriter:
     """Writes `metrics.csv` in the run directory (`extra_fields`: the script's own columns) and prints
-    the progress line. A resumed run passes its checkpoint's global_step and time_s: counting goes on."""
+    the progress line. A resumed run passes its checkpoint's global_step and time_s: counting goes on.
+    Without a run directory (a torchrun rank other than 0) it counts and writes nothing."""
 
-    def __init__(self, run_dir: str, extra_fields, total_steps: int, start_step: int = 0, start_time_s: float = 0.0):
-        self.path = os.path.join(run_dir, "metrics.csv")
+    def __init__(self, run_dir, extra_fields, total_steps: int, start_step: int = 0, start_time_s: float = 0.0):
+        self.path = os.path.join(run_dir, "metrics.csv") if run_dir else os.devnull
         self.file = open(self.path, "w", newline="")
         self.writer = csv.DictWriter(self.file, fieldnames=BASE_FIELDS + tuple(extra_fields))
         self.writer.writeheader()

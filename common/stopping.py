@@ -3,6 +3,7 @@ is the same wherever the signal lands); the script then saves a checkpoint, prin
 continues the run and exits 130 / 143. A second signal, or one after `training_done()`, exits at once."""
 
 import contextlib
+import os
 import shlex
 import signal
 import sys
@@ -11,18 +12,27 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class StopRequest:
-    """False until Ctrl-C (SIGINT) or SIGTERM arrives; set even if SIGINT was ignored (`nohup`)."""
+    """False until Ctrl-C (SIGINT) or SIGTERM arrives; set even if SIGINT was ignored (`nohup`). `shared`
+    (torchrun's ranks): a signal is only `received` until `join` makes every rank stop at the same step."""
 
-    def __init__(self):
+    def __init__(self, shared: bool = False):
         self.signum = None
+        self.received = 0  # the signal this process received
+        self.shared = shared
         self.exit_at_once = False
         for signum in STOP_SIGNALS:
             signal.signal(signum, self._handle)
 
     def _handle(self, signum, frame) -> None:
-        if self.signum is not None or self.exit_at_once:
+        if self.received or self.exit_at_once:
             raise SystemExit(128 + signum)  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
-        self.signum = signum
+        self.received = signum
+        if not self.shared:
+            self.signum = signum
+
+    def join(self, signum: int) -> None:
+        """Stop as if `signum` (0: none) had arrived here: the signal that any rank received."""
+        self.signum = self.signum or signum or None
 
     def __bool__(self) -> bool:
         return self.signum is not None
@@ -44,7 +54,29 @@ def resume_command(argv: list[str], checkpoint_path: str) -> str:
     for i, arg in enumerate(argv[1:], start=1):
         if arg != "--resume" and not arg.startswith("--resume=") and argv[i - 1] != "--resume":
             kept.append(arg)
-    return shlex.join(["python", argv[0], *kept, "--resume", checkpoint_path])
+    return shlex.join([*launcher(), argv[0], *kept, "--resume", checkpoint_path])
+
+
+def launcher() -> list[str]:
+    """python, or torchrun with the layout it was given (read from the variables torchrun sets)."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ:
+        return ["python"]
+    env = os.environ
+    layout = ["--standalone"]
+    if env["GROUP_WORLD_SIZE"] != "1":  # this machine's command; the others differ in --node-rank
+        layout = ["--nnodes", env["GROUP_WORLD_SIZE"], "--node-rank", env["GROUP_RANK"]]
+        layout += ["--master-addr", env["MASTER_ADDR"], "--master-port", env["MASTER_PORT"]]
+    return ["torchrun", *layout, "--nproc-per-node", env["LOCAL_WORLD_SIZE"]]
+
+
+def collective(operation, *tensors) -> None:
+    """A torch.distributed call (all_reduce, all_gather, ...): a rank that died or stopped answering (gloo's
+    connection reset, the process group's timeout) ends this one with one line, not a traceback."""
+    try:
+        operation(*tensors)
+    except RuntimeError as e:  # gloo: "[source.cc:537] Read error [host]:port: Connection reset by peer. This ..."
+        reason = str(e).splitlines()[0].split("] ", 1)[-1].split(". ")[0]
+        raise SystemExit(f"error: another torchrun rank stopped answering ({reason})") from None
 
 
 @contextlib.contextmanager
