@@ -325,7 +325,7 @@ if __name__ == "__main__":
     torch.set_num_threads(1)  # small MLPs: one thread for the learner, one per worker
     torch.distributions.Distribution.set_default_validate_args(False)  # argument checks cost time
     device = torch.device(f"cuda:{local_rank}" if args.cuda and torch.cuda.is_available() else "cpu")
-    if world_size > 1:  # a rank that stops answering ends the others' collectives after the timeout
+    if world_size > 1 and not args.eval_checkpoint:  # a rank that stops answering: an error after the timeout
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(minutes=5))
     if rank > 0:
         sys.stdout = open(os.devnull, "w")  # rank 0 prints and writes for all
@@ -340,7 +340,7 @@ if __name__ == "__main__":
     print(f"run directory: {run_dir} | device: {device} | processes: {world_size}", flush=True)
 
     model = ActorCritic().to(device)
-    if world_size > 1:  # rank 0's initial weights on every rank
+    if dist.is_initialized():  # rank 0's initial weights on every rank
         for tensor in model.state_dict().values():
             collective(dist.broadcast, tensor, 0)
 

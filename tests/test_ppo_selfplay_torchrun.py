@@ -79,7 +79,8 @@ def test_two_machines_on_localhost(tmp_path):
 
 def test_sigterm_to_torchrun_saves_a_checkpoint_that_the_printed_torchrun_command_resumes(tmp_path):
     """SIGTERM to torchrun: both ranks stop at the same step and exit, rank 0 saves the checkpoint of the last
-    whole update, no process is left; the printed command is a torchrun command and continues the run."""
+    whole update, no process is left; the printed command is a torchrun command and continues the run;
+    --eval-checkpoint under torchrun plays the checkpoint once."""
     args = ["--runs-dir", str(tmp_path / "runs"), "--n-games", "64", "--total-steps", "100000000", *FAST]
     proc, out = launch(
         tmp_path, torchrun("--standalone", "--nproc-per-node", "2", SCRIPT, *args, "--log-interval", "1024")
@@ -111,6 +112,11 @@ def test_sigterm_to_torchrun_saves_a_checkpoint_that_the_printed_torchrun_comman
     resumed = [d for d in run_dirs(tmp_path) if d != run_dir][0]
     final = torch.load(os.path.join(resumed, "checkpoint.pt"), weights_only=True)
     assert final["resume_state"]["update"] == state["resume_state"]["update"] + 2
+    evaluate = ["--runs-dir", str(tmp_path / "runs"), "--eval-checkpoint", checkpoint, "--eval-episodes", "1"]
+    proc, out = launch(tmp_path, torchrun("--standalone", "--nproc-per-node", "2", SCRIPT, *evaluate))
+    assert finish(proc, timeout=120) == 0, out.read_text()[-3000:]  # rank 0 plays, the other has nothing to do
+    (evaluated,) = [d for d in run_dirs(tmp_path) if d not in (run_dir, resumed)]
+    assert json.loads(open(os.path.join(evaluated, "eval.json")).read())["kept_step"] == state["kept_step"]
 
 
 def test_a_rank_that_dies_ends_the_other_with_one_error_line(tmp_path):
