@@ -15,7 +15,7 @@ class MetricsWriter:
     the progress line. A resumed run passes its checkpoint's global_step and time_s: counting goes on.
     Without a run directory (a torchrun rank other than 0) it counts and writes nothing."""
 
-    def __init__(self, run_dir, extra_fields, total_steps: int, start_step: int = 0, start_time_s: float = 0.0):
+    def __init__(self, run_dir: str, extra_fields, total_steps: int, start_step: int = 0, start_time_s: float = 0.0):
         self.path = os.path.join(run_dir, "metrics.csv") if run_dir else os.devnull
         self.file = open(self.path, "w", newline="")
         self.writer = csv.DictWriter(self.file, fieldnames=BASE_FIELDS + tuple(extra_fields))

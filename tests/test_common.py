@@ -234,6 +234,41 @@ def test_resume_command_repeats_the_launch_and_replaces_any_resume():
     assert resume_command(["s.py", "--resume=old.pt"], "c.pt") == "python s.py --resume c.pt"
 
 
+def test_resume_command_under_torchrun_repeats_its_layout(monkeypatch):
+    """torchrun's variables give back its command: --standalone on one machine, this machine's --node-rank
+    and the rendezvous address on several."""
+    layout = {"TORCHELASTIC_RUN_ID": "x", "GROUP_WORLD_SIZE": "1", "GROUP_RANK": "0", "LOCAL_WORLD_SIZE": "2"}
+    layout |= {"MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29500"}
+    for name, value in layout.items():
+        monkeypatch.setenv(name, value)
+    expected = "torchrun --standalone --nproc-per-node 2 s.py --seed 2 --resume c.pt"
+    assert resume_command(["s.py", "--seed", "2"], "c.pt") == expected
+    monkeypatch.setenv("GROUP_WORLD_SIZE", "2")
+    monkeypatch.setenv("GROUP_RANK", "1")
+    nodes = "--nnodes 2 --node-rank 1 --master-addr 10.0.0.1 --master-port 29500 --nproc-per-node 2"
+    assert resume_command(["s.py"], "c.pt") == f"torchrun {nodes} s.py --resume c.pt"
+
+
+def test_stop_request_shared_by_ranks_waits_for_join():
+    """Shared (torchrun): a signal is only received until join() makes the stop, with the signal any rank
+    received; a second signal still exits at once."""
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    stop = StopRequest(shared=True)
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.received == signal.SIGTERM and not stop
+        stop.join(0)
+        assert not stop
+        stop.join(stop.received)
+        assert stop and stop.signum == signal.SIGTERM
+        with pytest.raises(SystemExit) as second:
+            os.kill(os.getpid(), signal.SIGINT)
+        assert second.value.code == 130
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def report_sigint_handler(queue):
     queue.put(signal.getsignal(signal.SIGINT) == signal.SIG_IGN)
 
