@@ -37,6 +37,15 @@ def launch(tmp_path, command: list[str], **popen):
     return proc, tmp_path / os.path.basename(out.name)
 
 
+def process_of_rank(pid: int, rank: int) -> bool:
+    """Whether process `pid` runs ppo_selfplay.py as torchrun's rank `rank` (False if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline, open(f"/proc/{pid}/environ", "rb") as environ:
+            return b"ppo_selfplay.py" in cmdline.read() and f"\0RANK={rank}\0".encode() in b"\0" + environ.read()
+    except OSError:
+        return False
+
+
 def finish(proc, timeout: float = 240) -> int:
     try:
         return proc.wait(timeout=timeout)
@@ -127,9 +136,8 @@ def test_a_rank_that_dies_ends_the_other_with_one_error_line(tmp_path):
     )
     try:
         wait_for(out, r"step +\d+/", proc)
-        ranks = [pid for pid in descendants(proc.pid) if "ppo_selfplay.py" in open(f"/proc/{pid}/cmdline").read()]
-        rank1 = [pid for pid in ranks if b"RANK=1\0" in open(f"/proc/{pid}/environ", "rb").read()]
-        os.kill(rank1[0], signal.SIGKILL)
+        (rank1,) = [pid for pid in descendants(proc.pid) if process_of_rank(pid, 1)]
+        os.kill(rank1, signal.SIGKILL)
         proc.wait(timeout=60)
     finally:
         with contextlib.suppress(ProcessLookupError):
