@@ -65,7 +65,10 @@ class Args:
     gamma: float = 0.99
     """discount factor"""
     ent_coef: float = 0.01
-    """weight of the entropy bonus"""
+    """weight of the entropy bonus at the start"""
+    ent_coef_final: float = 0.01
+    """weight of the entropy bonus at --total-steps, reached linearly from --ent-coef (equal: constant; see
+    docs/pong_a3c.md#entropy-schedule)"""
     vf_coef: float = 0.5
     """weight of the value loss"""
     max_grad_norm: float = 0.5
@@ -81,10 +84,10 @@ class Args:
         ranges = {
             "gamma": (0, 1),
             "ent_coef": (0, 1e3),
+            "ent_coef_final": (0, 1e3),
             "vf_coef": (0, 1e3),
             "sticky_actions": (0, 0.99),
-            # a worker is a process with torch loaded: more than 4 per core only contend (see
-            # docs/pong_a3c.md#one-worker-per-core)
+            # more than 4 worker processes per core only contend (see docs/pong_a3c.md#one-worker-per-core)
             "n_workers": (1, 4 * (os.cpu_count() or 1)),
             # a rollout keeps n_steps x envs_per_worker observations of 28 kB
             "envs_per_worker": (1, 4096),
@@ -234,8 +237,10 @@ def worker(rank, args, global_model, optimizer, steps, stop, queue, parent_pid):
         logits, values = model(np.concatenate(observations))  # time-major: row t * n_envs + i
         last_values = model(obs)[1].detach().numpy()
         returns = nstep_returns(rewards, terminated, truncated, final_values, last_values, args.gamma)
+        progress = min(sum(steps) / args.total_steps, 1.0)
+        ent_coef = args.ent_coef + progress * (args.ent_coef_final - args.ent_coef)  # c_H linear in step / total
         loss, terms = actor_critic_loss(
-            logits, values, torch.cat(actions), torch.from_numpy(returns).flatten(), args.vf_coef, args.ent_coef
+            logits, values, torch.cat(actions), torch.from_numpy(returns).flatten(), args.vf_coef, ent_coef
         )
         model.zero_grad()
         loss.backward()
