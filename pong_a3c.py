@@ -67,8 +67,7 @@ class Args:
     ent_coef: float = 0.01
     """weight of the entropy bonus at the start"""
     ent_coef_final: float = 0.01
-    """weight of the entropy bonus at --total-steps, reached linearly from --ent-coef (equal: constant; see
-    docs/pong_a3c.md#entropy-schedule)"""
+    """weight of the entropy bonus at --total-steps, linear from --ent-coef (docs/pong_a3c.md#entropy-schedule)"""
     vf_coef: float = 0.5
     """weight of the value loss"""
     max_grad_norm: float = 0.5
@@ -107,10 +106,9 @@ def rom_name(env_id: str) -> str:
 
 
 def make_env(args: Args, num_envs: int = 1, colour: bool = False) -> AtariVectorEnv:
-    """`num_envs` envs, env i seeded with seed + i by `reset(seed=seed)`. ale-py preprocesses in C++: 4
-    frames per action (max of the last two), grayscale 84x84, 4 stacked, up to 30 no-op starts, FIRE on
-    reset, 108k frames at most. `colour`: the RGB screen instead, for videos (see
-    docs/pong_a3c.md#colour-video)."""
+    """`num_envs` envs, env i seeded with seed + i by `reset(seed=seed)`. ale-py preprocesses in C++: 4 frames per
+    action (max of the last two), grayscale 84x84, 4 stacked, up to 30 no-op starts, FIRE on reset, 108k frames at
+    most. `colour`: the RGB screen instead, for videos (see docs/pong_a3c.md#colour-video)."""
     screen = dict(grayscale=False, img_height=210, img_width=160, stack_num=1) if colour else {}
     # SameStep autoreset: an episode's last step returns the next one's first obs, no reset step
     return AtariVectorEnv(
@@ -166,6 +164,11 @@ class SharedAdam(torch.optim.Adam):
         for state in self.state.values():
             for tensor in state.values():
                 tensor.share_memory_()
+
+
+def linear_schedule(start: float, end: float, duration: int, step: int) -> float:
+    """Linear interpolation from `start` to `end` over `duration` steps, then constant."""
+    return start + (end - start) * min(step / duration, 1.0)
 
 
 def nstep_returns(rewards, terminated, truncated, final_values, last_values, gamma: float):
@@ -237,8 +240,7 @@ def worker(rank, args, global_model, optimizer, steps, stop, queue, parent_pid):
         logits, values = model(np.concatenate(observations))  # time-major: row t * n_envs + i
         last_values = model(obs)[1].detach().numpy()
         returns = nstep_returns(rewards, terminated, truncated, final_values, last_values, args.gamma)
-        progress = min(sum(steps) / args.total_steps, 1.0)
-        ent_coef = args.ent_coef + progress * (args.ent_coef_final - args.ent_coef)  # c_H linear in step / total
+        ent_coef = linear_schedule(args.ent_coef, args.ent_coef_final, args.total_steps, sum(steps))
         loss, terms = actor_critic_loss(
             logits, values, torch.cat(actions), torch.from_numpy(returns).flatten(), args.vf_coef, ent_coef
         )
@@ -332,8 +334,7 @@ if __name__ == "__main__":
     global_step = state.get("global_step", 0)
 
     ctx = mp.get_context("spawn")
-    # No locks, so a killed worker holds none (see docs/pong_a3c.md#lock-free-stop): the steps before a
-    # resume, then each worker's own count.
+    # no locks, so a killed worker blocks none (docs/pong_a3c.md#lock-free-stop): steps before a resume, then per worker
     steps = ctx.Array("q", [global_step] + [0] * args.n_workers, lock=False)
     workers_stop = ctx.Value("b", 0, lock=False)
     queue = ctx.Queue()
@@ -356,8 +357,7 @@ if __name__ == "__main__":
             for process in workers:
                 process.start()
         print("training: Ctrl-C or SIGTERM stops it and saves a checkpoint to resume from", flush=True)
-        # the workers stop themselves at --total-steps
-        while not stop and dead is None and any(process.is_alive() for process in workers):
+        while not stop and dead is None and any(process.is_alive() for process in workers):  # they end at --total-steps
             try:
                 kind, *message = queue.get(timeout=0.5)
             except queue_lib.Empty:
