@@ -65,9 +65,11 @@ class Args:
     gamma: float = 0.99
     """discount factor"""
     ent_coef: float = 0.01
-    """weight of the entropy bonus at the start"""
+    """weight of the entropy bonus at step 0 (see docs/pong_a3c.md#entropy-schedule)"""
     ent_coef_final: float = 0.01
-    """weight of the entropy bonus at --total-steps, linear from --ent-coef (docs/pong_a3c.md#entropy-schedule)"""
+    """weight of the entropy bonus from --ent-coef-steps on"""
+    ent_coef_steps: int = 4_000_000
+    """environment steps over which the entropy weight moves linearly from --ent-coef to --ent-coef-final"""
     vf_coef: float = 0.5
     """weight of the value loss"""
     max_grad_norm: float = 0.5
@@ -240,7 +242,7 @@ def worker(rank, args, global_model, optimizer, steps, stop, queue, parent_pid):
         logits, values = model(np.concatenate(observations))  # time-major: row t * n_envs + i
         last_values = model(obs)[1].detach().numpy()
         returns = nstep_returns(rewards, terminated, truncated, final_values, last_values, args.gamma)
-        ent_coef = linear_schedule(args.ent_coef, args.ent_coef_final, args.total_steps, sum(steps))
+        ent_coef = linear_schedule(args.ent_coef, args.ent_coef_final, args.ent_coef_steps, sum(steps))
         loss, terms = actor_critic_loss(
             logits, values, torch.cat(actions), torch.from_numpy(returns).flatten(), args.vf_coef, ent_coef
         )

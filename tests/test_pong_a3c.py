@@ -254,4 +254,4 @@ def test_entropy_bonus_schedule_is_linear_then_constant_and_constant_by_default(
     assert m.linear_schedule(0.01, 0.001, 8_000_000, 4_000_000) == pytest.approx(0.0055)
     assert m.linear_schedule(0.01, 0.001, 8_000_000, 9_000_000) == pytest.approx(0.001)
     args = m.Args()
-    assert m.linear_schedule(args.ent_coef, args.ent_coef_final, args.total_steps, 5_000_000) == 0.01
+    assert m.linear_schedule(args.ent_coef, args.ent_coef_final, args.ent_coef_steps, 5_000_000) == 0.01
