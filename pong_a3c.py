@@ -317,8 +317,7 @@ if __name__ == "__main__":
     video_path = os.path.join(run_dir, "videos", "eval.mp4")
     print(f"run directory: {run_dir} | device: {device} | workers: {args.n_workers}", flush=True)
 
-    n_actions = int(make_env(args).single_action_space.n)
-    model = ActorCritic(n_actions)  # the global network, shared by the workers
+    model = ActorCritic(int(make_env(args).single_action_space.n))  # the global network, shared by the workers
 
     if args.eval_checkpoint:
         load_weights(model, state["kept_model"], checkpoint, state, args)
@@ -340,10 +339,9 @@ if __name__ == "__main__":
     steps = ctx.Array("q", [global_step] + [0] * args.n_workers, lock=False)
     workers_stop = ctx.Value("b", 0, lock=False)
     queue = ctx.Queue()
-    parent_pid = os.getpid()
     workers = []
     for rank in range(args.n_workers):
-        worker_args = (rank, args, model, optimizer, steps, workers_stop, queue, parent_pid)
+        worker_args = (rank, args, model, optimizer, steps, workers_stop, queue, os.getpid())
         workers.append(ctx.Process(target=worker, name=f"worker {rank}", daemon=True, args=worker_args))
 
     metric_fields = ("policy_loss", "value_loss", "entropy")
