@@ -68,7 +68,7 @@ class Args:
     """weight of the entropy bonus at step 0 (see docs/pong_a3c.md#entropy-schedule)"""
     ent_coef_final: float = 0.01
     """weight of the entropy bonus from --ent-coef-steps on"""
-    ent_coef_steps: int = 4_000_000
+    ent_coef_steps: int = 8_000_000
     """environment steps over which the entropy weight moves linearly from --ent-coef to --ent-coef-final"""
     vf_coef: float = 0.5
     """weight of the value loss"""
