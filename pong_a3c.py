@@ -61,15 +61,17 @@ class Args:
     """envs stepped in lockstep by each worker, one forward pass for all (1: the A3C paper; see
     docs/pong_a3c.md#envs-per-worker)"""
     learning_rate: float = 5e-4
-    """Adam learning rate of the shared optimizer (see docs/pong_a3c.md#learning-rate)"""
+    """Adam learning rate of the shared optimizer at step 0 (see docs/pong_a3c.md#learning-rate)"""
+    learning_rate_final: float = 5e-4
+    """learning rate from --schedule-steps on"""
     gamma: float = 0.99
     """discount factor"""
     ent_coef: float = 0.01
     """weight of the entropy bonus at step 0 (see docs/pong_a3c.md#entropy-schedule)"""
     ent_coef_final: float = 0.01
-    """weight of the entropy bonus from --ent-coef-steps on"""
-    ent_coef_steps: int = 8_000_000
-    """environment steps over which the entropy weight moves linearly from --ent-coef to --ent-coef-final"""
+    """weight of the entropy bonus from --schedule-steps on"""
+    schedule_steps: int = 8_000_000
+    """environment steps over which the learning rate and the entropy weight move linearly to their final values"""
     vf_coef: float = 0.5
     """weight of the value loss"""
     max_grad_norm: float = 0.5
@@ -82,20 +84,14 @@ class Args:
 
     def __post_init__(self):
         envs = max(self.envs_per_worker, 1)  # a divisor below, before check_args rejects 0
-        ranges = {
-            "gamma": (0, 1),
-            "ent_coef": (0, 1e3),
-            "ent_coef_final": (0, 1e3),
-            "vf_coef": (0, 1e3),
-            "sticky_actions": (0, 0.99),
-            # more than 4 worker processes per core only contend (see docs/pong_a3c.md#one-worker-per-core)
-            "n_workers": (1, 4 * (os.cpu_count() or 1)),
-            # a rollout keeps n_steps x envs_per_worker observations of 28 kB
-            "envs_per_worker": (1, 4096),
-            "n_steps": (1, 4096 // envs),
-            # int32 ALE seeds: (seed + w) * envs_per_worker + i for worker w's env i, evaluation_seed(seed) + i
-            "seed": (0, min(2**31 // envs - self.n_workers - 1, 2_000_000)),
-        }
+        ranges = dict.fromkeys(("ent_coef", "ent_coef_final", "vf_coef"), (0, 1e3))
+        ranges |= {"gamma": (0, 1), "sticky_actions": (0, 0.99), "learning_rate_final": (0, 1)}
+        # more than 4 worker processes per core only contend (see docs/pong_a3c.md#one-worker-per-core)
+        ranges["n_workers"] = (1, 4 * (os.cpu_count() or 1))
+        # a rollout keeps n_steps x envs_per_worker observations of 28 kB
+        ranges |= {"envs_per_worker": (1, 4096), "n_steps": (1, 4096 // envs)}
+        # int32 ALE seeds: (seed + w) * envs_per_worker + i for worker w's env i, evaluation_seed(seed) + i
+        ranges["seed"] = (0, min(2**31 // envs - self.n_workers - 1, 2_000_000))
         check_args(self, ranges)
         if rom_name(self.env_id) not in roms.get_all_rom_ids():
             raise ValueError(f"--env-id {self.env_id}: not an ALE game")
@@ -242,7 +238,10 @@ def worker(rank, args, global_model, optimizer, steps, stop, queue, parent_pid):
         logits, values = model(np.concatenate(observations))  # time-major: row t * n_envs + i
         last_values = model(obs)[1].detach().numpy()
         returns = nstep_returns(rewards, terminated, truncated, final_values, last_values, args.gamma)
-        ent_coef = linear_schedule(args.ent_coef, args.ent_coef_final, args.ent_coef_steps, sum(steps))
+        ent_coef = linear_schedule(args.ent_coef, args.ent_coef_final, args.schedule_steps, sum(steps))
+        # this process's copy of the optimizer's settings; the step's moments are the shared ones
+        lr = linear_schedule(args.learning_rate, args.learning_rate_final, args.schedule_steps, sum(steps))
+        optimizer.param_groups[0]["lr"] = lr
         loss, terms = actor_critic_loss(
             logits, values, torch.cat(actions), torch.from_numpy(returns).flatten(), args.vf_coef, ent_coef
         )

@@ -8,6 +8,7 @@ validation bots is kept and scored against held-out bots it never met. See docs/
     torchrun --standalone --nproc-per-node 2 ppo_selfplay.py         # 2 processes, each playing half the games
 """
 
+import atexit
 import copy
 import math
 import os
@@ -91,12 +92,10 @@ class Args:
     def __post_init__(self):
         ranks = int(os.environ.get("WORLD_SIZE", 1))  # torchrun's processes: at least a game each
         ranges = {"seed": (0, 2**32 - ranks), "n_games": (ranks, 10**5), "panel_games": (1, 10**4)}
-        ranges["family_bots"] = (0, 1000)
-        # Caps: workers load torch (more than 4 per core only contend); memory of games at once, of rollouts
-        ranges["n_workers"] = (0, min(self.n_games // ranks, 4 * (os.cpu_count() or 1)))
-        ranges["n_steps"] = (1, 2**22 // max(self.n_games, 1))
+        ranges["n_workers"] = (0, min(self.n_games // ranks, 4 * (os.cpu_count() or 1)))  # more per core contend
+        ranges["n_steps"] = (1, 2**22 // max(self.n_games, 1))  # caps the memory of games at once and of rollouts
         ranges["n_minibatches"] = (1, self.n_games // ranks * self.n_steps)
-        ranges["learning_rate"] = (1e-7, 1)
+        ranges |= {"family_bots": (0, 1000), "learning_rate": (1e-7, 1)}
         shares = ("gamma", "gae_lambda", "clip_coef", "ent_coef", "curriculum_threshold", "bot_fraction")
         check_args(self, ranges | dict.fromkeys(shares, (0, 1)))
 
@@ -327,6 +326,7 @@ if __name__ == "__main__":
     device = torch.device(f"cuda:{local_rank}" if args.cuda and torch.cuda.is_available() else "cpu")
     if world_size > 1 and not args.eval_checkpoint:  # a rank that stops answering: an error after the timeout
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(minutes=5))
+        atexit.register(dist.destroy_process_group)  # on any exit: gloo's threads outliving Python abort it
     if rank > 0:
         sys.stdout = open(os.devnull, "w")  # rank 0 prints and writes for all
     checkpoint = args.eval_checkpoint or args.resume

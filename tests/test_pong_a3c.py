@@ -129,9 +129,10 @@ def test_sigterm_saves_a_checkpoint_of_the_latest_network(stopped):
     assert state["resume_state"] is None
 
 
-def test_resume_goes_on_and_ends_with_the_final_evaluation(stopped, run_script, tmp_path):
-    """--resume from the stopped run: the step count goes on from there, a checkpoint at the end, then
-    the greedy evaluation of the network at that step."""
+def test_resume_goes_on_follows_the_schedule_and_ends_with_the_final_evaluation(stopped, run_script, tmp_path):
+    """--resume from the stopped run: the step count goes on from there, the learning rate follows the
+    schedule of the whole run (here 0 from the stopped step on: the updates leave the network as it was),
+    a checkpoint at the end, then the greedy evaluation of the network at that step."""
     state, checkpoint = stopped
     more_steps = 300
     result = run_script(
@@ -146,6 +147,10 @@ def test_resume_goes_on_and_ends_with_the_final_evaluation(stopped, run_script, 
         "1",
         "--log-interval",
         "100",
+        "--learning-rate-final",
+        "0",
+        "--schedule-steps",
+        str(state["global_step"]),
         timeout=120,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -155,6 +160,8 @@ def test_resume_goes_on_and_ends_with_the_final_evaluation(stopped, run_script, 
     assert steps and min(steps) > state["global_step"], steps
     final = torch.load(os.path.join(resumed, "checkpoint.pt"), weights_only=True)
     assert final["global_step"] >= state["global_step"] + more_steps
+    assert final["optimizer"]["state"][0]["step"] > state["optimizer"]["state"][0]["step"]  # updates were made
+    assert all(torch.equal(final["model"][name], weights) for name, weights in state["model"].items())
     result = json.load(open(os.path.join(resumed, "eval.json")))
     assert result["episodes"] == 1 and result["kept_step"] == final["global_step"]
 
@@ -249,9 +256,10 @@ def test_shipped_model_loads_weights_only_and_wins_a_game(run_script, tmp_path):
     assert evaluation["mean_return"] > 10 and evaluation["kept_step"] == state["kept_step"]
 
 
-def test_entropy_bonus_schedule_is_linear_then_constant_and_constant_by_default():
+def test_schedules_are_linear_then_constant_and_constant_by_default():
     assert m.linear_schedule(0.01, 0.001, 8_000_000, 0) == 0.01
     assert m.linear_schedule(0.01, 0.001, 8_000_000, 4_000_000) == pytest.approx(0.0055)
     assert m.linear_schedule(0.01, 0.001, 8_000_000, 9_000_000) == pytest.approx(0.001)
     args = m.Args()
-    assert m.linear_schedule(args.ent_coef, args.ent_coef_final, args.ent_coef_steps, 5_000_000) == 0.01
+    assert m.linear_schedule(args.ent_coef, args.ent_coef_final, args.schedule_steps, 5_000_000) == 0.01
+    assert m.linear_schedule(args.learning_rate, args.learning_rate_final, args.schedule_steps, 5_000_000) == 5e-4
