@@ -238,9 +238,10 @@ def worker(rank, args, global_model, optimizer, steps, stop, queue, parent_pid):
         logits, values = model(np.concatenate(observations))  # time-major: row t * n_envs + i
         last_values = model(obs)[1].detach().numpy()
         returns = nstep_returns(rewards, terminated, truncated, final_values, last_values, args.gamma)
-        ent_coef = linear_schedule(args.ent_coef, args.ent_coef_final, args.schedule_steps, sum(steps))
+        global_step = sum(steps)  # where the schedules stand
+        ent_coef = linear_schedule(args.ent_coef, args.ent_coef_final, args.schedule_steps, global_step)
         # this process's copy of the optimizer's settings; the step's moments are the shared ones
-        lr = linear_schedule(args.learning_rate, args.learning_rate_final, args.schedule_steps, sum(steps))
+        lr = linear_schedule(args.learning_rate, args.learning_rate_final, args.schedule_steps, global_step)
         optimizer.param_groups[0]["lr"] = lr
         loss, terms = actor_critic_loss(
             logits, values, torch.cat(actions), torch.from_numpy(returns).flatten(), args.vf_coef, ent_coef
