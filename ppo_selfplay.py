@@ -92,7 +92,7 @@ class Args:
     def __post_init__(self):
         ranks = int(os.environ.get("WORLD_SIZE", 1))  # torchrun's processes: at least a game each
         ranges = {"seed": (0, 2**32 - ranks), "n_games": (ranks, 10**5), "panel_games": (1, 10**4)}
-        ranges["n_workers"] = (0, min(self.n_games // ranks, 4 * (os.cpu_count() or 1)))  # more per core contend
+        ranges["n_workers"] = (0, min(self.n_games // ranks, 4 * (os.cpu_count() or 1)))  # more than 4 per core contend
         ranges["n_steps"] = (1, 2**22 // max(self.n_games, 1))  # caps the memory of games at once and of rollouts
         ranges["n_minibatches"] = (1, self.n_games // ranks * self.n_steps)
         ranges |= {"family_bots": (0, 1000), "learning_rate": (1e-7, 1)}
